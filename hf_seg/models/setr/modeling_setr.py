@@ -21,7 +21,11 @@ from transformers.models.vit.modeling_vit import ViTAttention, ViTLayer
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
+from transformers.utils.output_capturing import (
+    capture_outputs,
+    resolve_hidden_states_indices,
+    selected_hidden_states,
+)
 
 from .configuration_setr import SetrConfig
 
@@ -305,15 +309,17 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         """
         if labels is not None:
             self.check_labels(labels, pixel_values)
-        user_wants_hidden_states = kwargs.pop("output_hidden_states", None) or self.config.output_hidden_states
-        layers = self.encoder_layers_used(with_auxiliary_heads=labels is not None)
-        # Only keep the layers the heads read (index 0 of `hidden_states` is the embedding output).
-        outputs = self.setr(
-            pixel_values,
-            output_hidden_states=user_wants_hidden_states or [index + 1 for index in layers],
-            return_dict=True,
-            **kwargs,
-        )
+        requested = kwargs.pop("output_hidden_states", None)
+        requested = self.config.output_hidden_states if requested is None else requested
+        # Capture only what the heads read (index 0 of `hidden_states` is the embedding output) plus what the caller
+        # asked for; the caller gets back exactly what they asked for.
+        needed = {index + 1 for index in self.encoder_layers_used(with_auxiliary_heads=labels is not None)}
+        selection = selected_hidden_states(requested)
+        if selection is not None:
+            num_states = self.config.num_hidden_layers + 1
+            selection = resolve_hidden_states_indices(self.setr, selection, num_hidden_states=num_states)
+        capture = True if requested is True else sorted(needed | (selection or set()))
+        outputs = self.setr(pixel_values, output_hidden_states=capture, return_dict=True, **kwargs)
         hidden_states = outputs.hidden_states
         grid_size = tuple(size // self.config.patch_size for size in pixel_values.shape[-2:])
         input_size = tuple(pixel_values.shape[-2:])
@@ -339,9 +345,18 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         return SemanticSegmenterOutput(
             loss=loss,
             logits=logits,
-            hidden_states=hidden_states if user_wants_hidden_states else None,
+            hidden_states=self.filter_hidden_states(hidden_states, requested, selection),
             attentions=outputs.attentions,
         )
+
+    @staticmethod
+    def filter_hidden_states(hidden_states, requested, selection):
+        """Return the hidden states as `output_hidden_states=requested` would have captured them."""
+        if not requested:
+            return None
+        if selection is None:
+            return hidden_states
+        return tuple(state if index in selection else None for index, state in enumerate(hidden_states))
 
     def segmentation_loss(self, head_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of a head's logits resized straight to the label size (one resize, as mmsegmentation)."""
