@@ -120,6 +120,8 @@ class SetrConfig(PreTrainedConfig):
             raise ValueError(
                 f"image_size={self.image_size} must be one or two positive multiples of patch_size={self.patch_size}"
             )
+        if self.decoder_type == "mla" and len(self.mla_in_indices) != 4:
+            raise ValueError(f"mla_in_indices={self.mla_in_indices} must name exactly 4 encoder layers")
         index_fields = ("mla_in_indices" if self.decoder_type == "mla" else "decoder_in_index", "auxiliary_in_indices")
         for name in index_fields:
             value = getattr(self, name)
@@ -131,8 +133,6 @@ class SetrConfig(PreTrainedConfig):
             bad = [index for index in indices if not -bound <= index < bound]
             if bad:
                 raise ValueError(f"{name}={value} has indices {bad} outside the {bound} available inputs")
-        if self.decoder_type == "mla" and len(self.mla_in_indices) != 4:
-            raise ValueError(f"mla_in_indices={self.mla_in_indices} must name exactly 4 encoder layers")
         for name in ("decoder_kernel_size", "auxiliary_kernel_size", "mla_classifier_kernel_size"):
             if getattr(self, name) % 2 == 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be odd so that padding keeps the map size")
