@@ -1,0 +1,399 @@
+# Copyright 2026 The hf_seg authors. Licensed under the Apache License, Version 2.0.
+"""mmsegmentation 1.x SETR state dicts -> hf_seg's `SetrForSemanticSegmentation` (pure functions, no I/O).
+
+Source layout: what mmseg 1.x's `EncoderDecoder.state_dict()` gives (and what its checkpoints hold under
+`state_dict`): `backbone.*` (`VisionTransformer`), `neck.*` (`MLANeck`, MLA only), `decode_head.*` (`SETRUPHead` or
+`SETRMLAHead`), and `auxiliary_head.*` (one head) or `auxiliary_head.{k}.*` (a list: `SETRUPHead` for Naive/PUP,
+`FCNHead` for MLA). Unwrapping a checkpoint file (`state_dict` / `module.` prefixes) is the caller's job.
+
+The mapping is a rename table plus three real transforms:
+
+* the fused attention input projection `in_proj_{weight,bias}` ([3D, D], rows q | k | v) is split into
+  `q_proj` / `k_proj` / `v_proj`;
+* MLA index reversal: mmseg's MLA neck returns its maps deep -> shallow and its head's branches follow that order,
+  hf_seg orders them shallow -> deep. So `neck.mla.feat_extract.{j}` -> `neck.output_convs.{N-1-j}`,
+  `decode_head.up_convs.{j}` -> `decode_head.branches.{N-1-j}`, and an auxiliary head reading mmseg neck output `j`
+  reads hf_seg level `N-1-j` (expressed in `auxiliary_in_indices`, the head keeps its index);
+* MLA classifier permutation: mmseg concatenates the branches deep -> shallow before its 1x1 classifier, hf_seg
+  shallow -> deep, so the classifier's input-channel blocks are reversed.
+
+`setr_config_overrides_for_mmseg` reads what the state dict determines (sizes, number of convolutions, kernel sizes,
+biases) and takes what it cannot (which encoder layers feed the heads, upsampling factors, number of heads) from
+arguments whose defaults are mmseg 1.x's SETR configs (`configs/setr/*.py`, `configs/_base_/models/setr_*.py`).
+`convert_mmseg_setr_state_dict` is strict: every source key is consumed, every target key is filled and every shape
+matches, otherwise a `ValueError` names the offending keys.
+"""
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+# What mmseg 1.x's SETR configs set and a state dict cannot tell: the backbone's `out_indices`, the decode head's
+# `in_index` into them, and the heads' `up_scale` (SETRUPHead's default 4 for every auxiliary head).
+MMSEG_SETR_DEFAULTS = {
+    "naive": dict(out_indices=(9, 14, 19, 23), decode_in_index=3, decoder_upsample_scale=4),
+    "pup": dict(out_indices=(9, 14, 19, 23), decode_in_index=3, decoder_upsample_scale=2),
+    "mla": dict(out_indices=(5, 11, 17, 23)),
+}
+MMSEG_SETRUPHEAD_UP_SCALE = 4
+
+_PARAM = r"(?P<param>weight|bias)"
+_BN_PARAM = r"(?P<param>weight|bias|running_mean|running_var|num_batches_tracked)"
+_AUX = r"auxiliary_head\.(?:(?P<aux>\d+)\.)?"  # a list of heads (`.{k}.`) or a single head (index 0)
+
+Converted = list[tuple[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A source-key pattern (full match, named groups) and either a target template filled from the groups or a
+    transform `(groups, tensor) -> [(target key, tensor), ...]`."""
+
+    pattern: str
+    target: str | Callable[[dict, torch.Tensor], Converted]
+
+    def apply(self, key: str, tensor: torch.Tensor) -> Converted | None:
+        match = re.fullmatch(self.pattern, key)
+        if match is None:
+            return None
+        groups = dict(match.groupdict())
+        if "aux" in groups and groups["aux"] is None:
+            groups["aux"] = "0"
+        if callable(self.target):
+            return self.target(groups, tensor)
+        return [(self.target.format(**groups), tensor)]
+
+
+def _conv_module(source: str, target: str) -> list[_Rule]:
+    """mmcv `ConvModule` (`conv`, `bn`) -> hf_seg's `SetrConvModule` (`conv`, `batch_norm`). `source` is a
+    key-prefix pattern and `target` a key-prefix template, both ending with the dot."""
+    return [
+        _Rule(rf"{source}conv\.{_PARAM}", f"{target}conv.{{param}}"),
+        _Rule(rf"{source}bn\.{_BN_PARAM}", f"{target}batch_norm.{{param}}"),
+    ]
+
+
+def _split_qkv(groups: dict, tensor: torch.Tensor) -> Converted:
+    """`in_proj_{weight,bias}` [3D(, D)], rows q | k | v -> three [D(, D)] projections (cloned: no shared storage)."""
+    if tensor.shape[0] % 3:
+        raise ValueError(f"backbone.layers.{groups['i']}.attn.attn.in_proj_{groups['param']}: first dimension "
+                         f"{tensor.shape[0]} is not 3 x hidden size")
+    prefix = f"setr.layers.{groups['i']}.attention"
+    return [
+        (f"{prefix}.{name}_proj.{groups['param']}", part.clone())
+        for name, part in zip("qkv", tensor.chunk(3, dim=0))
+    ]
+
+
+def _reversed(num_levels: int, template: str) -> Callable[[dict, torch.Tensor], Converted]:
+    """A template whose `{level}` is the mirrored index `num_levels - 1 - level` (deep->shallow to shallow->deep)."""
+
+    def rename(groups: dict, tensor: torch.Tensor) -> Converted:
+        level = int(groups.pop("level"))
+        if not 0 <= level < num_levels:
+            return []  # no such level in the target: the key stays unconsumed and is reported
+        return [(template.format(level=num_levels - 1 - level, **groups), tensor)]
+
+    return rename
+
+
+def _reverse_input_blocks(num_levels: int) -> Callable[[dict, torch.Tensor], Converted]:
+    """MLA classifier weight [nc, N*C, k, k]: reverse the order of its N input-channel blocks."""
+
+    def permute(groups: dict, tensor: torch.Tensor) -> Converted:
+        if tensor.ndim != 4 or tensor.shape[1] % num_levels:
+            raise ValueError(f"decode_head.conv_seg.weight: shape {tuple(tensor.shape)} does not split into "
+                             f"{num_levels} input-channel blocks")
+        blocks = tensor.chunk(num_levels, dim=1)
+        return [("decode_head.classifier.weight", torch.cat(blocks[::-1], dim=1))]
+
+    return permute
+
+
+def _rules(decoder_type: str, num_levels: int) -> list[_Rule]:
+    rules = [
+        _Rule(r"backbone\.cls_token", "setr.embeddings.cls_token"),
+        _Rule(r"backbone\.pos_embed", "setr.embeddings.position_embeddings"),
+        _Rule(rf"backbone\.patch_embed\.projection\.{_PARAM}", "setr.embeddings.projection.{param}"),
+        _Rule(rf"backbone\.layers\.(?P<i>\d+)\.ln1\.{_PARAM}", "setr.layers.{i}.layernorm_before.{param}"),
+        _Rule(rf"backbone\.layers\.(?P<i>\d+)\.attn\.attn\.in_proj_{_PARAM}", _split_qkv),
+        _Rule(rf"backbone\.layers\.(?P<i>\d+)\.attn\.attn\.out_proj\.{_PARAM}",
+              "setr.layers.{i}.attention.o_proj.{param}"),
+        _Rule(rf"backbone\.layers\.(?P<i>\d+)\.ln2\.{_PARAM}", "setr.layers.{i}.layernorm_after.{param}"),
+        _Rule(rf"backbone\.layers\.(?P<i>\d+)\.ffn\.layers\.0\.0\.{_PARAM}", "setr.layers.{i}.mlp.fc1.{param}"),
+        _Rule(rf"backbone\.layers\.(?P<i>\d+)\.ffn\.layers\.1\.{_PARAM}", "setr.layers.{i}.mlp.fc2.{param}"),
+    ]
+    if decoder_type == "mla":
+        rules += [
+            _Rule(rf"neck\.norm\.(?P<i>\d+)\.{_PARAM}", "neck.layer_norms.{i}.{param}"),
+            *_conv_module(r"neck\.mla\.channel_proj\.(?P<i>\d+)\.", "neck.lateral_convs.{i}."),
+            _Rule(rf"neck\.mla\.feat_extract\.(?P<level>\d+)\.conv\.{_PARAM}",
+                  _reversed(num_levels, "neck.output_convs.{level}.conv.{param}")),
+            _Rule(rf"neck\.mla\.feat_extract\.(?P<level>\d+)\.bn\.{_BN_PARAM}",
+                  _reversed(num_levels, "neck.output_convs.{level}.batch_norm.{param}")),
+            _Rule(rf"decode_head\.up_convs\.(?P<level>\d+)\.(?P<j>[01])\.conv\.{_PARAM}",
+                  _reversed(num_levels, "decode_head.branches.{level}.{j}.conv.{param}")),
+            _Rule(rf"decode_head\.up_convs\.(?P<level>\d+)\.(?P<j>[01])\.bn\.{_BN_PARAM}",
+                  _reversed(num_levels, "decode_head.branches.{level}.{j}.batch_norm.{param}")),
+            _Rule(r"decode_head\.conv_seg\.weight", _reverse_input_blocks(num_levels)),
+            _Rule(r"decode_head\.conv_seg\.bias", "decode_head.classifier.bias"),
+            # FCNHead auxiliary heads on the neck outputs (num_convs=0 in the configs: the classifier only)
+            *_conv_module(rf"{_AUX}convs\.(?P<i>\d+)\.", "auxiliary_heads.{aux}.convs.{i}."),
+            _Rule(rf"{_AUX}conv_seg\.{_PARAM}", "auxiliary_heads.{aux}.classifier.{param}"),
+        ]
+    else:
+        for source, target in ((r"decode_head\.", "decode_head."), (_AUX, "auxiliary_heads.{aux}.")):
+            rules += [
+                _Rule(rf"{source}norm\.{_PARAM}", f"{target}layer_norm.{{param}}"),
+                *_conv_module(rf"{source}up_convs\.(?P<i>\d+)\.0\.", f"{target}convs.{{i}}."),
+                _Rule(rf"{source}conv_seg\.{_PARAM}", f"{target}classifier.{{param}}"),
+            ]
+    return rules
+
+
+# --- configuration ---------------------------------------------------------------------------------------------------
+
+
+def _indexed(state_dict: Mapping[str, torch.Tensor], pattern: str) -> dict[int, torch.Tensor]:
+    """{index: tensor} for the keys matching `pattern`, whose single group is an integer index."""
+    found = {}
+    for key, tensor in state_dict.items():
+        match = re.fullmatch(pattern, key)
+        if match:
+            found[int(match.group(1))] = tensor
+    return dict(sorted(found.items()))
+
+
+def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in state_dict:
+        raise ValueError(f"not an mmsegmentation 1.x SETR state dict: key {key!r} is missing")
+    return state_dict[key]
+
+
+def _auxiliary_heads(state_dict: Mapping[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    """{head index: {key relative to the head: tensor}}; a single `auxiliary_head.*` head is index 0."""
+    heads: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in state_dict.items():
+        match = re.fullmatch(r"auxiliary_head\.(?:(\d+)\.)?(.+)", key)
+        if match:
+            heads.setdefault(int(match.group(1) or 0), {})[match.group(2)] = tensor
+    return dict(sorted(heads.items()))
+
+
+def detect_mmseg_setr_decoder(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """"mla" when an MLA neck is present; otherwise "naive" for one 1x1 convolution in the decode head (mmseg's naive
+    config) and "pup" for anything else (mmseg's PUP config has four 3x3 convolutions)."""
+    if any(key.startswith("neck.") for key in state_dict):
+        return "mla"
+    convs = _indexed(state_dict, r"decode_head\.up_convs\.(\d+)\.0\.conv\.weight")
+    if not convs:
+        raise ValueError("not an mmsegmentation 1.x SETR state dict: no neck.* and no decode_head.up_convs.* keys")
+    return "naive" if len(convs) == 1 and convs[0].shape[-1] == 1 else "pup"
+
+
+def setr_config_overrides_for_mmseg(
+    state_dict: Mapping[str, torch.Tensor],
+    decoder_type: str | None = None,
+    *,
+    out_indices: Sequence[int] | None = None,
+    decode_in_index: int | None = None,
+    auxiliary_in_index: Sequence[int] | None = None,
+    decoder_upsample_scale: int | None = None,
+    auxiliary_upsample_scale: int | None = None,
+    num_attention_heads: int | None = None,
+    image_size: int | Sequence[int] | None = None,
+    drop_auxiliary_heads: bool = False,
+) -> dict:
+    """`SetrConfig` fields that make hf_seg's SETR compute what mmseg 1.x computes for `state_dict`.
+
+    Read from the state dict: encoder sizes (hidden size, layers, MLP width, patch size, `image_size` from the
+    position-embedding grid, assumed square unless given), `patch_bias` (True only if
+    `backbone.patch_embed.projection.bias` is present: mmseg 1.x builds SETR without it), `head_conv_bias`, the
+    decoder type (`detect_mmseg_setr_decoder`), channels, number of convolutions and kernel sizes of the decode and
+    auxiliary heads.
+
+    Taken from the arguments, with mmseg 1.x's SETR configs as defaults (`MMSEG_SETR_DEFAULTS`):
+        out_indices: the backbone's `out_indices` (encoder layers handed to the heads).
+        decode_in_index: the Naive/PUP decode head's `in_index` into them.
+        auxiliary_in_index: each auxiliary head's `in_index` (default 0, 1, 2, ... in head order): into `out_indices`
+            for Naive/PUP, into the MLA neck's outputs (deep -> shallow) for MLA.
+        decoder_upsample_scale / auxiliary_upsample_scale: the heads' `up_scale` (naive 4, PUP 2; auxiliary
+            SETRUPHeads 4; FCNHead auxiliary heads do not upsample).
+        num_attention_heads: default hidden_size // 64 (every SETR encoder has 64-dimensional heads).
+        drop_auxiliary_heads: build no auxiliary head (pass the same flag to `convert_mmseg_setr_state_dict`).
+
+    The number of labels is not included (it belongs with the label names); the converter's shape check refuses a
+    config whose `num_labels` differs from the checkpoint's classifier.
+    """
+    decoder_type = decoder_type or detect_mmseg_setr_decoder(state_dict)
+    if decoder_type not in MMSEG_SETR_DEFAULTS:
+        raise ValueError(f"decoder_type={decoder_type!r} is not one of {tuple(MMSEG_SETR_DEFAULTS)}")
+    defaults = MMSEG_SETR_DEFAULTS[decoder_type]
+
+    patch_weight = _require(state_dict, "backbone.patch_embed.projection.weight")
+    position_embeddings = _require(state_dict, "backbone.pos_embed")
+    hidden_size, num_channels, patch_size = patch_weight.shape[0], patch_weight.shape[1], patch_weight.shape[-1]
+    layers = _indexed(state_dict, r"backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.weight")
+    if not layers:
+        raise ValueError("not an mmsegmentation 1.x SETR state dict: no backbone.layers.{i}.ffn.layers.0.0.weight")
+    if image_size is None:
+        grid = math.isqrt(position_embeddings.shape[1] - 1)
+        if grid * grid != position_embeddings.shape[1] - 1:
+            raise ValueError(f"backbone.pos_embed has {position_embeddings.shape[1] - 1} patch positions, not a "
+                             "square grid: pass image_size=(height, width)")
+        image_size = grid * patch_size
+    overrides = dict(
+        image_size=image_size if isinstance(image_size, int) else list(image_size),
+        patch_size=patch_size,
+        num_channels=num_channels,
+        hidden_size=hidden_size,
+        num_hidden_layers=len(layers),
+        num_attention_heads=num_attention_heads or max(hidden_size // 64, 1),
+        intermediate_size=layers[0].shape[0],
+        qkv_bias="backbone.layers.0.attn.attn.in_proj_bias" in state_dict,
+        patch_bias="backbone.patch_embed.projection.bias" in state_dict,
+        layer_norm_eps=1e-6,  # backbone_norm_cfg and the heads' / neck's norm_layer in every SETR config
+        decoder_type=decoder_type,
+    )
+    out_indices = list(defaults["out_indices"] if out_indices is None else out_indices)
+
+    if decoder_type == "mla":
+        lateral = _require(state_dict, "neck.mla.channel_proj.0.conv.weight")
+        branch = _require(state_dict, "decode_head.up_convs.0.0.conv.weight")
+        classifier = _require(state_dict, "decode_head.conv_seg.weight")
+        num_levels = len(_indexed(state_dict, r"neck\.mla\.channel_proj\.(\d+)\.conv\.weight"))
+        if len(out_indices) != num_levels:
+            raise ValueError(f"out_indices={out_indices} must name one encoder layer per MLA neck input "
+                             f"({num_levels} inputs)")
+        overrides.update(
+            mla_in_indices=out_indices,
+            mla_channels=lateral.shape[0],
+            mla_head_channels=branch.shape[0],
+            mla_head_align_corners=False,
+            mla_classifier_kernel_size=classifier.shape[-1],
+        )
+    else:
+        convs = _indexed(state_dict, r"decode_head\.up_convs\.(\d+)\.0\.conv\.weight")
+        decode_in_index = defaults["decode_in_index"] if decode_in_index is None else decode_in_index
+        overrides.update(
+            decoder_in_index=out_indices[decode_in_index],
+            decoder_channels=convs[0].shape[0],
+            decoder_num_convs=len(convs),
+            decoder_kernel_size=convs[0].shape[-1],
+            decoder_upsample_scale=decoder_upsample_scale or defaults["decoder_upsample_scale"],
+            head_conv_bias="decode_head.up_convs.0.0.conv.bias" in state_dict,
+        )
+
+    heads = {} if drop_auxiliary_heads else _auxiliary_heads(state_dict)
+    if list(heads) != list(range(len(heads))):
+        raise ValueError(f"auxiliary heads {list(heads)} are not numbered 0..{len(heads) - 1}")
+    auxiliary_in_index = list(range(len(heads)) if auxiliary_in_index is None else auxiliary_in_index)
+    if len(auxiliary_in_index) != len(heads):
+        raise ValueError(f"auxiliary_in_index={auxiliary_in_index} must give one index per auxiliary head "
+                         f"({len(heads)} heads)")
+    overrides["auxiliary_in_indices"] = []
+    if heads:
+        # every head must have the same structure: the config describes one
+        layouts = {index: sorted(head) for index, head in heads.items()}
+        if any(layout != layouts[0] for layout in layouts.values()):
+            different = [index for index, layout in layouts.items() if layout != layouts[0]]
+            raise ValueError(f"auxiliary heads {different} differ in structure from auxiliary head 0; hf_seg's "
+                             "SetrConfig describes all auxiliary heads with one set of fields")
+        head = heads[0]
+        setr_up_head = "norm.weight" in head  # SETRUPHead (Naive/PUP); FCNHead (MLA) has no LayerNorm
+        convs = _indexed(head, r"up_convs\.(\d+)\.0\.conv\.weight" if setr_up_head else r"convs\.(\d+)\.conv\.weight")
+        if decoder_type == "mla":
+            num_levels = len(out_indices)
+            overrides["auxiliary_in_indices"] = [num_levels - 1 - index for index in auxiliary_in_index]
+        else:
+            overrides["auxiliary_in_indices"] = [out_indices[index] for index in auxiliary_in_index]
+        overrides.update(
+            auxiliary_num_convs=len(convs),
+            auxiliary_kernel_size=convs[0].shape[-1] if convs else 1,
+            auxiliary_upsample_scale=auxiliary_upsample_scale or (MMSEG_SETRUPHEAD_UP_SCALE if setr_up_head else 1),
+        )
+        if convs:
+            channels = convs[0].shape[0]
+            if decoder_type == "mla":
+                overrides["decoder_channels"] = channels  # used by the MLA auxiliary heads' convolutions only
+                overrides["head_conv_bias"] = any(key.endswith(".conv.bias") for key in head)
+            elif channels != overrides["decoder_channels"]:
+                raise ValueError(f"auxiliary heads have {channels} channels, the decode head "
+                                 f"{overrides['decoder_channels']}; hf_seg uses decoder_channels for both")
+    return overrides
+
+
+# --- state dict ------------------------------------------------------------------------------------------------------
+
+
+def setr_target_shapes(config) -> dict[str, torch.Size]:
+    """Key -> shape of `SetrForSemanticSegmentation(config).state_dict()`, built on the meta device (no memory)."""
+    from ..models.setr.modeling_setr import SetrForSemanticSegmentation
+
+    with torch.device("meta"):
+        model = SetrForSemanticSegmentation(config)
+    return {key: tensor.shape for key, tensor in model.state_dict().items()}
+
+
+def _listing(keys, limit: int = 20) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def convert_mmseg_setr_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    config,
+    *,
+    drop_auxiliary_heads: bool = False,
+    target_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Map an mmseg 1.x SETR state dict onto `SetrForSemanticSegmentation(config)`'s keys.
+
+    `config` is a `SetrConfig` built with `setr_config_overrides_for_mmseg(state_dict, ...)`. With
+    `drop_auxiliary_heads=True` the source's `auxiliary_head.*` keys are consumed and discarded (the config must
+    then have no auxiliary heads). `target_shapes` defaults to `setr_target_shapes(config)`.
+
+    Raises `ValueError` naming every unconsumed source key, missing or doubly filled target key and shape mismatch.
+    Tensors are passed through unchanged (not copied) except the split and permuted ones.
+    """
+    num_levels = len(config.mla_in_indices) if config.decoder_type == "mla" else 0
+    rules = _rules(config.decoder_type, num_levels)
+    converted: dict[str, torch.Tensor] = {}
+    sources: dict[str, str] = {}
+    unconsumed, duplicated = [], []
+    for key, tensor in state_dict.items():
+        if drop_auxiliary_heads and key.startswith("auxiliary_head."):
+            continue
+        outputs = next((out for rule in rules if (out := rule.apply(key, tensor)) is not None), None)
+        if not outputs:
+            unconsumed.append(key)
+            continue
+        for target_key, target_tensor in outputs:
+            if target_key in converted:
+                duplicated.append(f"{target_key} (from {sources[target_key]} and {key})")
+            converted[target_key], sources[target_key] = target_tensor, key
+
+    expected = setr_target_shapes(config) if target_shapes is None else target_shapes
+    missing = [key for key in expected if key not in converted]
+    unexpected = [f"{key} (from {sources[key]})" for key in converted if key not in expected]
+    mismatched = [
+        f"{key} (from {sources[key]}): {tuple(converted[key].shape)} vs {tuple(expected[key])}"
+        for key in converted
+        if key in expected and tuple(converted[key].shape) != tuple(expected[key])
+    ]
+    problems = [
+        (unconsumed, "source keys with no place in hf_seg's SETR"),
+        (unexpected, "converted keys the hf_seg model does not have (check the config: layers, heads)"),
+        (duplicated, "target keys filled twice"),
+        (missing, "hf_seg keys the source does not provide"),
+        (mismatched, "shape mismatches (source vs hf_seg)"),
+    ]
+    message = "; ".join(f"{len(keys)} {what}: {_listing(keys)}" for keys, what in problems if keys)
+    if message:
+        raise ValueError(f"mmseg SETR -> hf_seg SETR ({config.decoder_type}) conversion failed: {message}")
+    return {key: converted[key] for key in expected}
