@@ -98,7 +98,7 @@ class SetrEmbeddings(nn.Module):
         patch_positions = F.interpolate(patch_positions, size=grid_size, mode="bilinear", align_corners=False)
         return torch.cat([class_position, patch_positions.flatten(2).transpose(1, 2)], dim=1)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
             raise ValueError(
                 f"pixel_values must have shape (batch, {self.num_channels}, height, width), got {tuple(pixel_values.shape)}"
@@ -113,7 +113,7 @@ class SetrEmbeddings(nn.Module):
         patches = self.projection(pixel_values.to(self.projection.weight.dtype)).flatten(2).transpose(1, 2)
         class_tokens = self.cls_token.expand(patches.shape[0], -1, -1)
         embeddings = torch.cat([class_tokens, patches], dim=1) + self.resize_position_embeddings(grid_size)
-        return self.dropout(embeddings), grid_size
+        return self.dropout(embeddings)
 
 
 class SetrMLP(ViTMLP):
@@ -200,7 +200,7 @@ class SetrModel(SetrPreTrainedModel):
         Returns a `BaseModelOutput` whose `last_hidden_state` is `(batch_size, (1 +) height/16 * width/16, hidden_size)`
         (the class token first unless `decoder_type="mla"`).
         """
-        hidden_states, _ = self.embeddings(pixel_values)
+        hidden_states = self.embeddings(pixel_values)
         if self.config.decoder_type == "mla":
             hidden_states = hidden_states[:, 1:]
         for layer in self.layers:
