@@ -8,6 +8,7 @@ that variant and `create_image_processor(name)` its processor. The numbers come 
 from dataclasses import dataclass, field
 
 from .labels import load_label_set
+from .models.setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# family -> (configuration, model, image processor) classes
+FAMILY_CLASSES = {"setr": (SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor)}
+
+
 def list_models(family: str | None = None) -> list[str]:
     """Names of the presets, optionally of one family ("setr", ...)."""
     return sorted(name for name, preset in PRESETS.items() if family is None or preset.family == family)
@@ -94,10 +99,8 @@ def get_preset(name: str) -> Preset:
 
 def create_config(name: str, **overrides):
     """The preset's configuration, labelled with its dataset's classes unless `num_labels`/`id2label` are given."""
-    from .models.setr import SetrConfig
-
     preset = get_preset(name)
-    config_class = {"setr": SetrConfig}[preset.family]
+    config_class = FAMILY_CLASSES[preset.family][0]
     kwargs = dict(preset.config)
     if "num_labels" not in overrides and "id2label" not in overrides:
         id2label, _ = load_label_set(preset.label_set)
@@ -108,17 +111,12 @@ def create_config(name: str, **overrides):
 
 def create_model(name: str, **config_overrides):
     """A randomly initialised model of the preset (e.g. `create_model("setr-pup-vit-large-ade20k-512")`)."""
-    from .models.setr import SetrForSemanticSegmentation
-
-    config = create_config(name, **config_overrides)
-    model_class = {"setr": SetrForSemanticSegmentation}[get_preset(name).family]
-    return model_class(config)
+    model_class = FAMILY_CLASSES[get_preset(name).family][1]
+    return model_class(create_config(name, **config_overrides))
 
 
 def create_image_processor(name: str, **overrides):
     """The preset's image processor: the papers' test-time resize, ImageNet normalisation, padding."""
-    from .models.setr import SetrImageProcessor
-
     preset = get_preset(name)
-    processor_class = {"setr": SetrImageProcessor}[preset.family]
+    processor_class = FAMILY_CLASSES[preset.family][2]
     return processor_class(**{**preset.processor, **overrides})

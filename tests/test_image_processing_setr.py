@@ -444,28 +444,22 @@ class TestPostProcess:
         assert tuple(out[0].segmentation_scores.shape) == (4, *original)
         torch.testing.assert_close(out[0].segmentation, out[0].segmentation_scores.argmax(0))
 
-    def test_fractional_crop_is_geometrically_exact(self):
-        # The crop at 1/4 covers 683 / 4 = 170.75 logit cells. Channel 0 holds each cell's row index and channel 1 its
-        # column index; bilinear resampling reproduces such ramps exactly, so away from the borders every output
-        # pixel must read the logit-grid position of its own centre: (i + 0.5) * extent / size - 0.5.
+    def test_quarter_resolution_logits_follow_mmseg(self):
+        """mmsegmentation resizes 1/4 logits to the padded input, crops the padding, then resizes to the original."""
         processor = SetrImageProcessor()
-        original = (384, 512)
-        rows = torch.arange(128, dtype=torch.float32)[:, None].expand(128, 172)
-        cols = torch.arange(172, dtype=torch.float32)[None, :].expand(128, 172)
-        ramps = torch.stack([rows, cols])[None]
-        scores = processor.post_process_semantic_segmentation(ramps, [original], return_segmentation_scores=True)
-        scores = scores[0].segmentation_scores
-        expected_rows = (torch.arange(384, dtype=torch.float64) + 0.5) * (512 / 4 / 384) - 0.5
-        expected_cols = (torch.arange(512, dtype=torch.float64) + 0.5) * (683 / 4 / 512) - 0.5
-        inner = slice(4, -4)
-        torch.testing.assert_close(scores[0][inner, 100].double(), expected_rows[inner], atol=1e-4, rtol=0)
-        torch.testing.assert_close(scores[1][100, inner].double(), expected_cols[inner], atol=1e-4, rtol=0)
+        original = (384, 512)  # resized (512, 683) -> padded (512, 688)
+        logits = torch.randn(1, 4, 128, 172)
+        maps = processor.post_process_semantic_segmentation(logits, [original])
+        at_input = F.interpolate(logits, size=(512, 688), mode="bilinear", align_corners=False)[0]
+        expected, _ = manual(at_input, (512, 683), original)
+        torch.testing.assert_close(maps[0], expected)
 
     def test_integral_fraction_equals_manual_crop(self):
         processor = SetrImageProcessor(size={"height": 64, "width": 96})
         logits = torch.randn(1, 3, 16, 24)  # 1/4 of the (64, 96) input, no padding needed
         maps = processor.post_process_semantic_segmentation(SemanticSegmenterOutput(logits=logits), [(50, 70)])
-        expected, _ = manual(logits[0], (16, 24), (50, 70))
+        at_input = F.interpolate(logits, size=(64, 96), mode="bilinear", align_corners=False)[0]
+        expected, _ = manual(at_input, (64, 96), (50, 70))
         torch.testing.assert_close(maps[0], expected)
 
     def test_round_trip_recovers_label_map(self):

@@ -604,9 +604,8 @@ class SetrImageProcessor(PilBackend):
 
         1. recomputes, from its original size and this processor's `do_resize` / `size`, the size the image had after
            resizing, and from the batch and `do_pad` / `size_divisor` / `pad_size` the padded input size;
-        2. crops the padding (bottom/right) off the logits, which may be at the padded input size or at a fraction
-           of it (e.g. 1/4): the crop is scaled by `logits size / padded size`; when that gives a fractional edge,
-           the bilinear sampling below is placed exactly on it rather than rounding the crop;
+        2. resizes the logits bilinearly to that padded input size when they are smaller (e.g. at 1/4, as SegFormer's),
+           crops the padding (bottom/right) off,
         3. resizes the crop bilinearly (`align_corners=False`) to the original size and takes the argmax.
 
         The logits must cover the padded input; uses this processor's own settings (set them on the processor if
@@ -667,43 +666,18 @@ class SetrImageProcessor(PilBackend):
         if not logits.is_floating_point() or logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
 
-        results: list = [None] * len(target_sizes)
-        groups: dict = {}
-        for index, key in enumerate(zip(resized_sizes, target_sizes, strict=True)):
-            groups.setdefault(key, []).append(index)
-        for ((resized_h, resized_w), target), indices in groups.items():
-            extent_h, extent_w = resized_h * ratio_h, resized_w * ratio_w
-            scores = self._resize_region(logits[indices], extent_h, extent_w, target)
-            segmentation = scores.argmax(dim=1)
-            for position, index in enumerate(indices):
-                results[index] = SemanticSegmentationPostProcessorOutput(
-                    data={"segmentation": segmentation[position], "segmentation_scores": scores[position]}
-                )
+        # mmsegmentation's order: logits to the padded input size, padding cropped, then to the original size
+        if (logits_h, logits_w) != (padded_h, padded_w):
+            logits = F.interpolate(logits, size=(padded_h, padded_w), mode="bilinear", align_corners=False)
+        results = []
+        for index, ((resized_h, resized_w), target) in enumerate(zip(resized_sizes, target_sizes, strict=True)):
+            region = logits[index : index + 1, :, :resized_h, :resized_w]
+            scores = F.interpolate(region, size=target, mode="bilinear", align_corners=False)[0]
+            results.append(
+                SemanticSegmentationPostProcessorOutput(data={"segmentation": scores.argmax(dim=0),
+                                                              "segmentation_scores": scores})
+            )
         return results
-
-    @staticmethod
-    def _resize_region(
-        logits: torch.Tensor, extent_h: float, extent_w: float, target: tuple[int, int]
-    ) -> torch.Tensor:
-        """Bilinearly resize the top-left `extent_h x extent_w` region of `logits` (fractional extents allowed)."""
-        whole_h, whole_w = round(extent_h), round(extent_w)
-        if abs(extent_h - whole_h) < 1e-6 and abs(extent_w - whole_w) < 1e-6:
-            region = logits[:, :, : max(1, whole_h), : max(1, whole_w)]
-            return F.interpolate(region, size=target, mode="bilinear", align_corners=False)
-        # Fractional crop: sample where interpolate would sample on a crop of exactly `extent` cells, i.e. output
-        # pixel i reads source position (i + 0.5) * extent / target - 0.5, clamped to the border like interpolate.
-        crop_h = min(logits.shape[-2], max(1, math.ceil(extent_h)))
-        crop_w = min(logits.shape[-1], max(1, math.ceil(extent_w)))
-        region = logits[:, :, :crop_h, :crop_w]
-        device, dtype = logits.device, logits.dtype
-        ys = (torch.arange(target[0], device=device, dtype=torch.float64) + 0.5) * (extent_h / target[0]) - 0.5
-        xs = (torch.arange(target[1], device=device, dtype=torch.float64) + 0.5) * (extent_w / target[1]) - 0.5
-        # grid_sample(align_corners=False) maps normalised g to pixel (g + 1) * size / 2 - 0.5
-        grid_y = ((2 * ys + 1) / crop_h - 1).to(dtype)
-        grid_x = ((2 * xs + 1) / crop_w - 1).to(dtype)
-        grid = torch.stack(torch.meshgrid(grid_y, grid_x, indexing="ij")[::-1], dim=-1)
-        grid = grid.unsqueeze(0).expand(region.shape[0], -1, -1, -1)
-        return F.grid_sample(region, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 __all__ = ["SetrImageProcessor", "SetrImageProcessorKwargs", "get_setr_output_size"]
