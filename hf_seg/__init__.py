@@ -7,6 +7,7 @@ saved folder loads with `trust_remote_code=True` where hf_seg is not installed.
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
 
+from .inference import segment
 from .models.setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor, SetrModel, SetrPreTrainedModel
 from .presets import create_config, create_image_processor, create_model, get_preset, list_models
 
@@ -34,4 +35,5 @@ __all__ = [
     "create_model",
     "get_preset",
     "list_models",
+    "segment",
 ]
