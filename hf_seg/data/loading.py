@@ -1,0 +1,174 @@
+"""Load a semantic-segmentation dataset from the Hub, a ``save_to_disk`` folder or a folder of images + label PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import datasets
+from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import Image as ImageFeature
+
+IMAGE_COLUMN_NAMES = ("image", "pixel_values", "img", "images")
+LABEL_COLUMN_NAMES = ("label", "annotation", "semantic_map", "mask", "segmentation_map", "labels", "gt_seg_map", "seg")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+LABEL_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
+
+__all__ = ["load_segmentation_dataset", "SegmentationDatasetInfo"]
+
+
+class SegmentationDatasetInfo(dict):
+    """Plain dict with ``image_column``, ``label_column``, ``id2label`` (or None); attached as ``dataset.seg_info``."""
+
+
+def _list_files(folder: Path, extensions) -> dict[str, Path]:
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in extensions:
+            if path.stem in files:
+                raise ValueError(f"{folder}: two files share the stem {path.stem!r} ({files[path.stem].name}, {path.name}).")
+            files[path.stem] = path
+    return files
+
+
+def _pair_folder(image_dir: Path, label_dir: Path) -> dict[str, list[str]]:
+    images = _list_files(image_dir, IMAGE_EXTENSIONS)
+    labels = _list_files(label_dir, LABEL_EXTENSIONS)
+    only_images = sorted(set(images) - set(labels))
+    only_labels = sorted(set(labels) - set(images))
+    if only_images or only_labels:
+        parts = []
+        if only_images:
+            parts.append(f"{len(only_images)} image(s) without a label map in {label_dir}: {only_images[:10]}")
+        if only_labels:
+            parts.append(f"{len(only_labels)} label map(s) without an image in {image_dir}: {only_labels[:10]}")
+        raise ValueError("Image and label file stems do not match: " + "; ".join(parts))
+    stems = sorted(images)
+    return {"image": [str(images[s]) for s in stems], "label": [str(labels[s]) for s in stems]}
+
+
+def _load_image_folder(root: Path) -> DatasetDict:
+    image_root, label_root = root / "images", root / "annotations"
+    if not label_root.is_dir() and (root / "labels").is_dir():
+        label_root = root / "labels"
+    if not image_root.is_dir() or not label_root.is_dir():
+        raise ValueError(f"{root}: expected the sub-folders 'images/' and 'annotations/' (or 'labels/').")
+    features = datasets.Features({"image": ImageFeature(), "label": ImageFeature()})
+    split_dirs = sorted(p.name for p in image_root.iterdir() if p.is_dir())
+    splits = {}
+    if split_dirs:
+        for name in split_dirs:
+            if not (label_root / name).is_dir():
+                raise ValueError(f"{root}: split {name!r} has images but no folder {label_root / name}.")
+            splits[name] = Dataset.from_dict(_pair_folder(image_root / name, label_root / name), features=features)
+    else:
+        splits["train"] = Dataset.from_dict(_pair_folder(image_root, label_root), features=features)
+    return DatasetDict(splits)
+
+
+def _detect_column(dataset: Dataset, given: str | None, names, what: str, exclude=None) -> str:
+    columns = dataset.column_names
+    if given is not None:
+        if given not in columns:
+            raise ValueError(f"{what} column {given!r} not found; columns: {columns}.")
+        return given
+    for name in names:
+        if name in columns and name != exclude:
+            return name
+    image_like = [c for c, f in dataset.features.items() if isinstance(f, ImageFeature) and c != exclude]
+    if image_like:
+        return image_like[0]
+    raise ValueError(f"Cannot detect the {what} column among {columns}; pass {what}_column=.")
+
+
+def _load_id2label(id2label, dataset: Dataset, label_column: str):
+    if id2label is None:
+        feature = dataset.features.get(label_column)
+        if isinstance(feature, ClassLabel):
+            return dict(enumerate(feature.names))
+        for feature in dataset.features.values():  # e.g. a per-dataset ClassLabel column beside the map
+            if isinstance(feature, ClassLabel):
+                return dict(enumerate(feature.names))
+        return None
+    if isinstance(id2label, (str, os.PathLike)):
+        with open(id2label, encoding="utf-8") as handle:
+            id2label = json.load(handle)
+        if isinstance(id2label, dict) and "names" in id2label and isinstance(id2label["names"], list):
+            id2label = id2label["names"]  # hf_seg/labels/*.json layout
+    if isinstance(id2label, list):
+        return dict(enumerate(id2label))
+    if isinstance(id2label, dict):
+        try:
+            return {int(k): str(v) for k, v in id2label.items()}
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"id2label keys must be integers, got {list(id2label)[:5]}") from error
+    raise ValueError(f"id2label must be a dict, a list of names or a JSON file path, got {type(id2label).__name__}.")
+
+
+def load_segmentation_dataset(
+    source: str | os.PathLike,
+    split: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    id2label=None,
+    decode: bool = True,
+    **load_dataset_kwargs,
+):
+    """
+    Load a semantic-segmentation dataset and find its image / label columns and class names.
+
+    ``source`` is (checked in this order) a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``,
+    a local folder ``<root>/images/<split>/*`` + ``<root>/annotations/<split>/*.png`` (or flat ``images/`` +
+    ``annotations/``, loaded as split ``train``; images and maps are paired by file stem), or a Hub dataset id
+    (``datasets.load_dataset(source, **load_dataset_kwargs)``).
+
+    Returns ``(dataset, info)``: a ``Dataset`` when ``split`` is given, else a ``DatasetDict``; ``info`` is a dict with
+    ``image_column``, ``label_column`` and ``id2label`` (``None`` when unknown). ``id2label`` may be a dict, a list
+    of names, or a JSON file path (a dict, a list, or hf_seg's ``{"names": [...]}`` label-set files); without it,
+    a ``ClassLabel`` feature of the dataset supplies the names.
+
+    ``decode=False`` casts the image and label columns (when they are ``Image`` features) to ``Image(decode=False)``:
+    the hf_seg transforms then decode each file themselves, so an unreadable or truncated file becomes a
+    ``ValueError`` naming the example and file (or is skipped with ``on_bad_example="skip"``) instead of an error
+    inside ``datasets``.
+    """
+    path = Path(source)
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file() or (
+            path / "state.json"
+        ).is_file():
+            data = datasets.load_from_disk(str(path))
+        else:
+            data = _load_image_folder(path)
+    else:
+        if split is not None:
+            load_dataset_kwargs.setdefault("split", split)
+        data = datasets.load_dataset(str(source), **load_dataset_kwargs)
+    if isinstance(data, Dataset):
+        data = DatasetDict({split or "train": data})
+    if split is not None:
+        if split not in data:
+            raise ValueError(f"Split {split!r} not found in {source}; available: {list(data)}.")
+        data = data[split]
+        parts = {split: data}
+    else:
+        parts = dict(data)
+    for name, part in parts.items():
+        if len(part) == 0:
+            raise ValueError(f"Split {name!r} of {source} is empty.")
+    first = next(iter(parts.values()))
+    image_col = _detect_column(first, image_column, IMAGE_COLUMN_NAMES, "image")
+    label_col = _detect_column(first, label_column, LABEL_COLUMN_NAMES, "label", exclude=image_col)
+    if image_col == label_col:
+        raise ValueError(f"The image and label columns are the same ({image_col!r}); pass them explicitly.")
+    if not decode:
+        for name in list(parts):
+            for column in (image_col, label_col):
+                if isinstance(parts[name].features.get(column), ImageFeature):
+                    parts[name] = parts[name].cast_column(column, ImageFeature(decode=False))
+        data = parts[split] if split is not None else DatasetDict(parts)
+    info = SegmentationDatasetInfo(
+        image_column=image_col, label_column=label_col, id2label=_load_id2label(id2label, first, label_col)
+    )
+    return data, info
