@@ -311,7 +311,7 @@ def decode_example(image, label, index):
     name = _source_name(image)
     try:
         pil_or_array = _open(image)
-        chw = _processor()._convert_image(pil_or_array, position, True, None)
+        chw = _processor().convert_image(pil_or_array, position, True, None)
     except Exception as error:  # noqa: BLE001 - re-raised with the example and file
         raise ValueError(f"{where}{f' ({name})' if name else ''}: cannot read image: {error}") from error
     if chw.dtype != np.uint8:
@@ -319,7 +319,7 @@ def decode_example(image, label, index):
     rgb = np.ascontiguousarray(np.moveaxis(chw, 0, -1))
     label_name = _source_name(label)
     try:
-        seg = _processor()._convert_segmentation_map(_open(label), position)
+        seg = _processor().convert_segmentation_map(_open(label), position)
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"{where}{f' ({label_name})' if label_name else ''}: cannot read label map: {error}") from error
     if seg.shape != rgb.shape[:2]:

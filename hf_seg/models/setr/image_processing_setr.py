@@ -309,8 +309,10 @@ class SetrImageProcessor(PilBackend):
             "2-channel and multispectral images are not supported."
         )
 
-    def _convert_image(self, image, index: int, do_convert_rgb: bool, input_data_format) -> np.ndarray:
-        """One input image -> (C, H, W) array on the 0..255 scale (uint8, or float32 for float inputs)."""
+    def convert_image(self, image, index: int, do_convert_rgb: bool, input_data_format) -> np.ndarray:
+        """One input image -> (C, H, W) array on the 0..255 scale (uint8, or float32 for float inputs), by the
+        conversion rules of the class docstring; `index` names the input in error messages. Public so that the
+        training transforms (`hf_seg.data`) apply exactly the same rules."""
         if isinstance(image, str):
             image = self._load_path(image, index, "image")
         from_torch = isinstance(image, torch.Tensor)
@@ -350,8 +352,8 @@ class SetrImageProcessor(PilBackend):
             array = np.repeat(array, 3, axis=0)
         return array
 
-    def _convert_segmentation_map(self, segmentation_map, index: int) -> np.ndarray:
-        """One label map -> (H, W) int64 array of non-negative labels."""
+    def convert_segmentation_map(self, segmentation_map, index: int) -> np.ndarray:
+        """One label map -> (H, W) int64 array of non-negative labels (rules in the class docstring)."""
         what = "segmentation map"
         if isinstance(segmentation_map, str):
             segmentation_map = self._load_path(segmentation_map, index, what)
@@ -395,13 +397,13 @@ class SetrImageProcessor(PilBackend):
 
     def _prepare_images(self, images, do_convert_rgb, input_data_format) -> list[np.ndarray]:
         return [
-            self._convert_image(image, index, do_convert_rgb is not False, input_data_format)
+            self.convert_image(image, index, do_convert_rgb is not False, input_data_format)
             for index, image in enumerate(self._flatten_inputs(images, is_map=False))
         ]
 
     def _prepare_segmentation_maps(self, segmentation_maps) -> list[np.ndarray]:
         return [
-            self._convert_segmentation_map(segmentation_map, index)
+            self.convert_segmentation_map(segmentation_map, index)
             for index, segmentation_map in enumerate(self._flatten_inputs(segmentation_maps, is_map=True))
         ]
 
@@ -415,7 +417,7 @@ class SetrImageProcessor(PilBackend):
 
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs) -> np.ndarray:
         """Convert a single image to a (C, H, W) array on the 0..255 scale."""
-        return self._convert_image(image, 0, do_convert_rgb is not False, input_data_format)
+        return self.convert_image(image, 0, do_convert_rgb is not False, input_data_format)
 
     def _preprocess_image_like_inputs(
         self,
