@@ -397,3 +397,284 @@ def convert_mmseg_setr_state_dict(
     if message:
         raise ValueError(f"mmseg SETR -> hf_seg SETR ({config.decoder_type}) conversion failed: {message}")
     return {key: converted[key] for key in expected}
+
+
+# --- the authors' layout (fudan-zvg/SETR, an mmseg 0.6 fork) ---------------------------------------------------------
+#
+# `backbone.*` is the timm-style ViT (`blocks.{i}.attn.qkv` fused, `patch_embed.proj` with bias); for MLA the backbone
+# also holds `norm_{0..3}` and the MLA neck (`mla.mla_p{2..5}_1x1`, `mla.mla_p{2..5}`, shallow -> deep = hf_seg's
+# order). Naive/PUP heads (`VisionTransformerUpHead`) are `norm`, `conv_{i}` + `syncbn_fc_{i}` and a last `conv_{n}`
+# that is the classifier; the MLA head is `mlahead.head{2..5}.{0,1,3,4}` + a 3x3 `cls`. Every head also carries
+# mmseg's `conv_seg`, which the authors' heads never call: it is dropped (listed). The MLA auxiliary heads' 1x1
+# classifiers (`aux.weight`) have no bias; hf_seg's have one, filled with zeros (the same function).
+
+ORIGINAL_SETR_DROPPED = {
+    r"(?:decode_head|auxiliary_head\.\d+)\.conv_seg\.(?:weight|bias)": (
+        "conv_seg of mmseg's BaseDecodeHead: never called by the authors' SETR heads (random, untrained)"
+    ),
+}
+
+SETR_LAYOUT_SIGNATURES = {
+    "original": r"backbone\.blocks\.\d+\.attn\.qkv\.weight",
+    "mmseg": r"backbone\.layers\.\d+\.attn\.attn\.in_proj_weight",
+}
+
+
+def detect_setr_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """"original" (fudan-zvg/SETR) or "mmseg" (mmsegmentation 1.x), from the encoder's key names."""
+    from .common import detect_layout
+
+    return detect_layout(state_dict, SETR_LAYOUT_SIGNATURES, "SETR")
+
+
+def detect_original_setr_decoder(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """"mla" (an MLA head), "pup" (five head convolutions conv_0..conv_4) or "naive" (conv_0, conv_1)."""
+    if any(key.startswith("decode_head.mlahead.") for key in state_dict):
+        return "mla"
+    convs = _indexed(state_dict, r"decode_head\.conv_(\d+)\.weight")
+    if not convs:
+        raise ValueError("not a fudan-zvg/SETR state dict: no decode_head.mlahead.* and no decode_head.conv_{i}.*")
+    return "pup" if len(convs) == 5 else "naive"
+
+
+def _original_aux_heads(state_dict: Mapping[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    heads: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in state_dict.items():
+        match = re.fullmatch(r"auxiliary_head\.(\d+)\.(.+)", key)
+        if match and not match.group(2).startswith("conv_seg."):
+            heads.setdefault(int(match.group(1)), {})[match.group(2)] = tensor
+    return dict(sorted(heads.items()))
+
+
+def setr_config_overrides_for_original(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """`SetrConfig` fields that a fudan-zvg/SETR state dict determines through its keys and shapes.
+
+    Encoder sizes, `image_size` (square: the authors' model only runs at its training size), `patch_bias`,
+    `head_conv_bias`, the decoder type and sizes, the authors' MLA head (`align_corners=True` upsampling, classifier
+    kernel read from `cls`), and the number and structure of the auxiliary heads. What no shape tells (which encoder
+    layers the heads read, attention heads, upsampling factors) comes from the preset. `num_labels` is included so
+    that the caller can compare it with the preset's label set.
+    """
+    what = "fudan-zvg/SETR"
+    patch_weight = _require(state_dict, "backbone.patch_embed.proj.weight")
+    position_embeddings = _require(state_dict, "backbone.pos_embed")
+    layers = _indexed(state_dict, r"backbone\.blocks\.(\d+)\.mlp\.fc1\.weight")
+    if not layers:
+        raise ValueError(f"not a {what} state dict: no backbone.blocks.{{i}}.mlp.fc1.weight")
+    grid = math.isqrt(position_embeddings.shape[1] - 1)
+    if grid * grid != position_embeddings.shape[1] - 1:
+        raise ValueError(f"backbone.pos_embed has {position_embeddings.shape[1] - 1} patch positions, not a square "
+                         "grid as every fudan-zvg/SETR model has")
+    decoder_type = detect_original_setr_decoder(state_dict)
+    overrides = dict(
+        image_size=grid * patch_weight.shape[-1],
+        patch_size=patch_weight.shape[-1],
+        num_channels=patch_weight.shape[1],
+        hidden_size=patch_weight.shape[0],
+        num_hidden_layers=len(layers),
+        intermediate_size=layers[0].shape[0],
+        qkv_bias="backbone.blocks.0.attn.qkv.bias" in state_dict,
+        patch_bias="backbone.patch_embed.proj.bias" in state_dict,
+        layer_norm_eps=1e-6,
+        decoder_type=decoder_type,
+    )
+    if decoder_type == "mla":
+        lateral = _require(state_dict, "backbone.mla.mla_p2_1x1.0.weight")
+        branch = _require(state_dict, "decode_head.mlahead.head2.0.weight")
+        classifier = _require(state_dict, "decode_head.cls.weight")
+        overrides.update(
+            mla_channels=lateral.shape[0],
+            mla_head_channels=branch.shape[0],
+            mla_head_align_corners=True,
+            mla_classifier_kernel_size=classifier.shape[-1],
+            num_labels=classifier.shape[0],
+        )
+    else:
+        convs = _indexed(state_dict, r"decode_head\.conv_(\d+)\.weight")
+        overrides.update(
+            decoder_channels=convs[0].shape[0],
+            decoder_num_convs=len(convs) - 1,
+            decoder_kernel_size=convs[0].shape[-1],
+            head_conv_bias="decode_head.conv_0.bias" in state_dict,
+            num_labels=convs[len(convs) - 1].shape[0],
+        )
+    heads = _original_aux_heads(state_dict)
+    if list(heads) != list(range(len(heads))):
+        raise ValueError(f"auxiliary heads {list(heads)} are not numbered 0..{len(heads) - 1}")
+    if heads:
+        layouts = {index: sorted(head) for index, head in heads.items()}
+        if any(layout != layouts[0] for layout in layouts.values()):
+            raise ValueError("the auxiliary heads differ in structure; hf_seg's SetrConfig describes them with one "
+                             "set of fields")
+        head = heads[0]
+        if decoder_type == "mla":
+            if sorted(head) != ["aux.weight"]:
+                raise ValueError(f"unsupported MLA auxiliary head (keys {sorted(head)}); the authors' configs build "
+                                 "VIT_MLA_AUXIHead with in_channels=256, a single 1x1 `aux` convolution")
+            overrides.update(auxiliary_num_convs=0, auxiliary_kernel_size=1)
+        else:
+            convs = _indexed(head, r"conv_(\d+)\.weight")
+            overrides.update(auxiliary_num_convs=len(convs) - 1, auxiliary_kernel_size=convs[0].shape[-1])
+    overrides["num_auxiliary_heads"] = len(heads)
+    return overrides
+
+
+def _original_up_head_rules(source: str, target: str, num_convs: int) -> list[_Rule]:
+    """`VisionTransformerUpHead` (`norm`, `conv_{i}` + `syncbn_fc_{i}`, classifier `conv_{num_convs}`)."""
+
+    def conv(groups: dict, tensor: torch.Tensor) -> Converted:
+        index, param = int(groups["i"]), groups["param"]
+        name = "classifier" if index == num_convs else f"convs.{index}.conv"
+        return [(f"{target.format(**groups)}{name}.{param}", tensor)]
+
+    return [
+        _Rule(rf"{source}norm\.{_PARAM}", f"{target}layer_norm.{{param}}"),
+        _Rule(rf"{source}conv_(?P<i>\d+)\.{_PARAM}", conv),
+        _Rule(rf"{source}syncbn_fc_(?P<i>\d+)\.{_BN_PARAM}", f"{target}convs.{{i}}.batch_norm.{{param}}"),
+    ]
+
+
+def _original_rules(config) -> list[_Rule]:
+    def split_qkv(groups: dict, tensor: torch.Tensor) -> Converted:
+        prefix = f"setr.layers.{groups['i']}.attention"
+        return [(f"{prefix}.{name}_proj.{groups['param']}", part.clone())
+                for name, part in zip("qkv", tensor.chunk(3, dim=0))]
+
+    def level(template: str) -> Callable[[dict, torch.Tensor], Converted]:
+        def rename(groups: dict, tensor: torch.Tensor) -> Converted:
+            groups = dict(groups, level=int(groups["level"]) - 2)  # p2 (shallowest) is hf_seg's level 0
+            return [(template.format(**groups), tensor)]
+
+        return rename
+
+    def mla_aux(groups: dict, tensor: torch.Tensor) -> Converted:
+        prefix = f"auxiliary_heads.{groups['aux']}.classifier"
+        return [(f"{prefix}.weight", tensor), (f"{prefix}.bias", tensor.new_zeros(tensor.shape[0]))]
+
+    rules = [
+        _Rule(r"backbone\.cls_token", "setr.embeddings.cls_token"),
+        _Rule(r"backbone\.pos_embed", "setr.embeddings.position_embeddings"),
+        _Rule(rf"backbone\.patch_embed\.proj\.{_PARAM}", "setr.embeddings.projection.{param}"),
+        _Rule(rf"backbone\.blocks\.(?P<i>\d+)\.norm1\.{_PARAM}", "setr.layers.{i}.layernorm_before.{param}"),
+        _Rule(rf"backbone\.blocks\.(?P<i>\d+)\.attn\.qkv\.{_PARAM}", split_qkv),
+        _Rule(rf"backbone\.blocks\.(?P<i>\d+)\.attn\.proj\.{_PARAM}", "setr.layers.{i}.attention.o_proj.{param}"),
+        _Rule(rf"backbone\.blocks\.(?P<i>\d+)\.norm2\.{_PARAM}", "setr.layers.{i}.layernorm_after.{param}"),
+        _Rule(rf"backbone\.blocks\.(?P<i>\d+)\.mlp\.(?P<fc>fc[12])\.{_PARAM}", "setr.layers.{i}.mlp.{fc}.{param}"),
+    ]
+    if config.decoder_type == "mla":
+        rules += [
+            _Rule(rf"backbone\.norm_(?P<i>\d+)\.{_PARAM}", "neck.layer_norms.{i}.{param}"),
+            _Rule(rf"backbone\.mla\.mla_p(?P<level>[2-5])_1x1\.0\.{_PARAM}",
+                  level("neck.lateral_convs.{level}.conv.{param}")),
+            _Rule(rf"backbone\.mla\.mla_p(?P<level>[2-5])_1x1\.1\.{_BN_PARAM}",
+                  level("neck.lateral_convs.{level}.batch_norm.{param}")),
+            _Rule(rf"backbone\.mla\.mla_p(?P<level>[2-5])\.0\.{_PARAM}", level("neck.output_convs.{level}.conv.{param}")),
+            _Rule(rf"backbone\.mla\.mla_p(?P<level>[2-5])\.1\.{_BN_PARAM}",
+                  level("neck.output_convs.{level}.batch_norm.{param}")),
+        ]
+        for source, target, kind in (("0", "0", "conv"), ("1", "0", "bn"), ("3", "1", "conv"), ("4", "1", "bn")):
+            param = _PARAM if kind == "conv" else _BN_PARAM
+            name = "conv" if kind == "conv" else "batch_norm"
+            rules.append(_Rule(rf"decode_head\.mlahead\.head(?P<level>[2-5])\.{source}\.{param}",
+                               level(f"decode_head.branches.{{level}}.{target}.{name}.{{param}}")))
+        rules += [
+            _Rule(rf"decode_head\.cls\.{_PARAM}", "decode_head.classifier.{param}"),
+            _Rule(r"auxiliary_head\.(?P<aux>\d+)\.aux\.weight", mla_aux),
+        ]
+    else:
+        rules += _original_up_head_rules(r"decode_head\.", "decode_head.", config.decoder_num_convs)
+        rules += _original_up_head_rules(r"auxiliary_head\.(?P<aux>\d+)\.", "auxiliary_heads.{aux}.",
+                                         config.auxiliary_num_convs)
+    return rules
+
+
+def convert_original_setr_state_dict(
+    state_dict: Mapping[str, torch.Tensor], config, *, target_shapes: Mapping[str, Sequence[int]] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Map a fudan-zvg/SETR state dict onto `SetrForSemanticSegmentation(config)`; return `(state dict, dropped)`.
+
+    `config` carries the authors' variant fields (`setr_config_overrides_for_original` on top of the preset).
+    `dropped` lists the unused `conv_seg` keys. Strict like `convert_mmseg_setr_state_dict` (`ConversionError`).
+    """
+    from .common import apply_rules
+
+    expected = setr_target_shapes(config) if target_shapes is None else target_shapes
+    return apply_rules(
+        state_dict, _original_rules(config), expected,
+        what=f"fudan-zvg/SETR -> hf_seg SETR ({config.decoder_type}) conversion failed", drop=ORIGINAL_SETR_DROPPED,
+    )
+
+
+# --- whole checkpoints for a preset -----------------------------------------------------------------------------------
+
+# Architecture fields a checkpoint must share with the preset it is converted for.
+_SETR_IDENTITY_FIELDS = (
+    "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "intermediate_size",
+    "decoder_type", "num_labels",
+)
+
+
+def _mmseg_out_indices(preset_config: Mapping) -> list[int]:
+    """mmseg 1.x SETR's backbone `out_indices` for the preset's encoder: the MLA layers, or the decode layer after
+    the first three auxiliary layers (mmseg's configs: (9, 14, 19, 23) for ViT-L, the authors' layers)."""
+    if preset_config["decoder_type"] == "mla":
+        return list(preset_config["mla_in_indices"])
+    layers = preset_config["num_hidden_layers"]
+    auxiliary = [index % layers for index in preset_config.get("auxiliary_in_indices", [])][:3]
+    return auxiliary + [preset_config.get("decoder_in_index", -1) % layers]
+
+
+def convert_setr_checkpoint(
+    state_dict: Mapping[str, torch.Tensor],
+    preset_config: Mapping,
+    *,
+    preset_name: str,
+    id2label: Mapping[int, str] | None = None,
+    source: str = "auto",
+):
+    """Convert a SETR state dict of either layout for the preset `preset_name` (whose config fields are
+    `preset_config`). The config gets the source's variant fields (authors': patch and head-conv biases, MLA
+    align_corners and 3x3 classifier; mmseg 1.x: none of these, its Naive upsampling, its auxiliary heads).
+    Returns a `ConvertedCheckpoint`; raises `ConversionError` when the checkpoint does not fit."""
+    from ..models.setr import SetrConfig, SetrForSemanticSegmentation
+    from .common import ConversionError, ConvertedCheckpoint, check_fits_preset
+
+    layout = detect_setr_layout(state_dict) if source == "auto" else source
+    if layout not in SETR_LAYOUT_SIGNATURES:
+        raise ConversionError(f"unknown SETR source layout {source!r}; use one of auto, {', '.join(SETR_LAYOUT_SIGNATURES)}")
+    preset_config = dict(preset_config)
+    if id2label is not None:
+        preset_config["num_labels"] = len(id2label)
+    try:
+        if layout == "original":
+            read = setr_config_overrides_for_original(state_dict)
+        else:
+            read = dict(num_labels=_require(state_dict, "decode_head.conv_seg.weight").shape[0])
+            read.update(setr_config_overrides_for_mmseg(
+                state_dict, out_indices=_mmseg_out_indices(preset_config),
+                num_attention_heads=preset_config.get("num_attention_heads"),
+            ))
+    except ConversionError:
+        raise
+    except ValueError as error:
+        raise ConversionError(str(error)) from error
+    check_fits_preset({name: read[name] for name in _SETR_IDENTITY_FIELDS if name in read}, preset_config,
+                      preset_name)
+    num_auxiliary = read.pop("num_auxiliary_heads", None)
+    if num_auxiliary is not None:  # the authors' auxiliary heads: their inputs come from the preset
+        expected = len(preset_config.get("auxiliary_in_indices", []))
+        if num_auxiliary != expected:
+            raise ConversionError(f"the checkpoint is not a {preset_name!r} checkpoint: {num_auxiliary} auxiliary "
+                                  f"heads (checkpoint) vs {expected} (preset)")
+    read.pop("num_labels")
+    kwargs = {**preset_config, **read}
+    if id2label is not None:
+        kwargs.pop("num_labels", None)
+        kwargs.update(id2label=dict(id2label), label2id={label: index for index, label in id2label.items()})
+    config = SetrConfig(**kwargs)
+    if layout == "original":
+        converted, dropped = convert_original_setr_state_dict(state_dict, config)
+    else:
+        converted = convert_mmseg_setr_state_dict(state_dict, config)
+        dropped = {}
+    return ConvertedCheckpoint(config, SetrForSemanticSegmentation, converted, layout, dropped)

@@ -1,0 +1,83 @@
+"""Helpers for the conversion tests: seeded randomisation of every parameter and buffer, mmsegmentation's own model
+converters (shipped in the mmseg wheel under `.mim/tools/model_converters`), tiny presets, subprocess runs of the
+conversion scripts with those presets registered (the scripts only accept preset names; the tiny presets exist only
+inside the test process)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def randomize_(module: nn.Module, seed: int) -> nn.Module:
+    """Fill every parameter and buffer with seeded random values: norm scales near 1, BatchNorm statistics random
+    (positive variances, a random `num_batches_tracked`), everything else N(0, 0.05^2). Returns the module in eval."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def normal(tensor, mean=0.0, std=0.05):
+        tensor.copy_(mean + std * torch.randn(tensor.shape, generator=generator))
+
+    with torch.no_grad():
+        for submodule in module.modules():
+            is_norm = isinstance(submodule, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm))
+            for name, parameter in submodule.named_parameters(recurse=False):
+                if is_norm and name == "weight":
+                    normal(parameter, 1.0, 0.1)
+                else:
+                    normal(parameter, 0.0, 0.1 if is_norm else 0.05)
+            if isinstance(submodule, nn.modules.batchnorm._BatchNorm):
+                normal(submodule.running_mean, 0.0, 0.1)
+                submodule.running_var.copy_(0.5 + torch.rand(submodule.running_var.shape, generator=generator))
+                submodule.num_batches_tracked.fill_(int(torch.randint(1, 10_000, (1,), generator=generator)))
+    return module.eval()
+
+
+def random_like(reference: torch.Tensor, seed: int, std: float = 0.05) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return std * torch.randn(reference.shape, generator=generator)
+
+
+def load_mmseg_converter(name: str):
+    """mmsegmentation's `tools/model_converters/<name>.py`, from the installed wheel's `.mim` folder."""
+    import mmseg
+
+    path = Path(mmseg.__file__).parent / ".mim" / "tools" / "model_converters" / f"{name}.py"
+    if not path.is_file():
+        raise ImportError(f"{path} is not installed")
+    spec = importlib.util.spec_from_file_location(f"mmseg_converter_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float((a - b).abs().max())
+
+
+_RUNNER = """
+import json, runpy, sys
+from hf_seg.presets import PRESETS, Preset
+for preset in json.loads(sys.argv[1]):
+    PRESETS[preset["name"]] = Preset(**preset)
+script = sys.argv[2]
+sys.argv = [script, *sys.argv[3:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def run_script(family: str, args: list[str], extra_presets: list[dict] = ()) -> subprocess.CompletedProcess:
+    """Run `python conversion/convert_<family>.py ARGS` in a fresh process where `extra_presets` (Preset fields as
+    dicts) are registered first. hf_seg is importable through PYTHONPATH; the environment stays offline."""
+    script = str(REPO / "conversion" / f"convert_{family}.py")
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-c", _RUNNER, json.dumps(list(extra_presets)), script, *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
