@@ -5,9 +5,25 @@ and marks them for `register_for_auto_class`, so that `save_pretrained` / `push_
 saved folder loads with `trust_remote_code=True` where hf_seg is not installed.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
+)
 
 from .inference import segment
+from .models.segformer import SegformerMmsegConfig, SegformerMmsegForSemanticSegmentation
+from .models.mpvit import (
+    MPViTBackbone,
+    MPViTConfig,
+    MPViTForImageClassification,
+    MPViTForSemanticSegmentation,
+    MPViTModel,
+    MPViTPreTrainedModel,
+)
 from .models.setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor, SetrModel, SetrPreTrainedModel
 from .presets import create_config, create_image_processor, create_model, get_preset, list_models
 
@@ -24,7 +40,37 @@ SetrModel.register_for_auto_class("AutoModel")
 SetrForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 SetrImageProcessor.register_for_auto_class("AutoImageProcessor")
 
+# SegFormer as mmsegmentation 1.x builds it (its own head on transformers' MiT encoder); its processor is SETR's,
+# which expresses the papers' keep-ratio test resize.
+AutoConfig.register(SegformerMmsegConfig.model_type, SegformerMmsegConfig)
+AutoModelForSemanticSegmentation.register(SegformerMmsegConfig, SegformerMmsegForSemanticSegmentation)
+AutoImageProcessor.register(SegformerMmsegConfig, image_processor_classes={"pil": SetrImageProcessor})
+SegformerMmsegConfig.register_for_auto_class()
+SegformerMmsegForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+
+# MPViT: one configuration for the backbone, the ImageNet classifier and MPViT + UperNet. The UperNet presets use
+# SETR's processor (the same keep-ratio test resize); the ImageNet presets transformers' ConvNext processor.
+AutoConfig.register(MPViTConfig.model_type, MPViTConfig)
+AutoModel.register(MPViTConfig, MPViTModel)
+AutoBackbone.register(MPViTConfig, MPViTBackbone)
+AutoModelForImageClassification.register(MPViTConfig, MPViTForImageClassification)
+AutoModelForSemanticSegmentation.register(MPViTConfig, MPViTForSemanticSegmentation)
+AutoImageProcessor.register(MPViTConfig, image_processor_classes={"pil": SetrImageProcessor})
+MPViTConfig.register_for_auto_class()
+MPViTModel.register_for_auto_class("AutoModel")
+MPViTBackbone.register_for_auto_class("AutoBackbone")
+MPViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+MPViTForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+
 __all__ = [
+    "MPViTBackbone",
+    "MPViTConfig",
+    "MPViTForImageClassification",
+    "MPViTForSemanticSegmentation",
+    "MPViTModel",
+    "MPViTPreTrainedModel",
+    "SegformerMmsegConfig",
+    "SegformerMmsegForSemanticSegmentation",
     "SetrConfig",
     "SetrForSemanticSegmentation",
     "SetrImageProcessor",

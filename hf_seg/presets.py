@@ -7,7 +7,15 @@ that variant and `create_image_processor(name)` its processor. The numbers come 
 
 from dataclasses import dataclass, field
 
+from transformers import (
+    ConvNextImageProcessorPil,
+    SegformerConfig,
+    SegformerForImageClassification,
+    SegformerForSemanticSegmentation,
+)
+
 from .labels import load_label_set
+from .models.mpvit import MPViTConfig, MPViTForImageClassification, MPViTForSemanticSegmentation
 from .models.setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor
 
 
@@ -20,7 +28,7 @@ class Preset:
     family: str
     config: dict
     processor: dict
-    label_set: str
+    label_set: str | None  # None: no names bundled (ImageNet-1k classifiers); the config sets num_labels
     inference: dict = field(default_factory=dict)
 
 
@@ -82,8 +90,138 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# --- SegFormer -------------------------------------------------------------------------------------------------------
+# transformers' built-in Segformer classes (MODELS.md §3.1, §3.6): MiT size -> (hidden sizes, depths, decoder width).
+_MIT = {
+    "b0": ([32, 64, 160, 256], [2, 2, 2, 2], 256),
+    "b1": ([64, 128, 320, 512], [2, 2, 2, 2], 256),
+    "b2": ([64, 128, 320, 512], [3, 4, 6, 3], 768),
+    "b3": ([64, 128, 320, 512], [3, 4, 18, 3], 768),
+    "b4": ([64, 128, 320, 512], [3, 8, 27, 3], 768),
+    "b5": ([64, 128, 320, 512], [3, 6, 40, 3], 768),
+}
+
+# dataset -> (label set, processor resize, reduce labels, inference). The test resize is keep-ratio (fit inside
+# (2048, short)); transformers' SegformerImageProcessor only resizes to a fixed size, so SETR's processor is used.
+_SEGFORMER_DATASETS = {
+    "ade20k-512": ("ade20k", {"shortest_edge": 512, "longest_edge": 2048}, True, dict(mode="whole")),
+    "ade20k-640": ("ade20k", {"shortest_edge": 640, "longest_edge": 2048}, True, dict(mode="whole")),
+    "cityscapes-1024": (
+        "cityscapes", {"shortest_edge": 1024, "longest_edge": 2048}, False,
+        dict(mode="slide", crop_size=1024, stride=768),
+    ),
+}
+
+
+def _mit_config(size: str) -> dict:
+    hidden_sizes, depths, decoder_hidden_size = _MIT[size]
+    return dict(
+        hidden_sizes=hidden_sizes, depths=depths, decoder_hidden_size=decoder_hidden_size,
+        num_attention_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1], mlp_ratios=[4, 4, 4, 4],
+        drop_path_rate=0.1, classifier_dropout_prob=0.1, semantic_loss_ignore_index=255,
+    )
+
+
+def _segformer_preset(size: str, dataset: str) -> Preset:
+    label_set, resize, reduce_labels, inference = _SEGFORMER_DATASETS[dataset]
+    return Preset(
+        name=f"segformer-{size}-{dataset}",
+        family="segformer",
+        config=_mit_config(size),
+        # size_divisor 1: no padding (MiT takes any size; the authors resize to a multiple of 32 instead of padding,
+        # mmsegmentation 1.x neither resizes nor pads)
+        processor=dict(size=resize, do_reduce_labels=reduce_labels, size_divisor=1),
+        label_set=label_set,
+        inference=inference,
+    )
+
+
+def _mit_preset(size: str) -> Preset:
+    """ImageNet-1k MiT encoder with its classifier; the DeiT/PVT evaluation: bicubic resize of the short side to
+    224 / 0.875 = 256, centre crop 224."""
+    return Preset(
+        name=f"mit-{size}",
+        family="mit",
+        config=dict(_mit_config(size), reshape_last_stage=False, num_labels=1000),
+        processor=dict(
+            size={"shortest_edge": 224}, crop_pct=0.875, resample=3,
+            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],  # ConvNext's defaults are 0.5
+        ),
+        label_set=None,  # ImageNet-1k: no names bundled with hf_seg (the classes keep transformers' LABEL_i names)
+    )
+
+
+PRESETS.update(
+    (preset.name, preset)
+    for preset in [
+        *(_segformer_preset(size, dataset) for size in _MIT for dataset in ("ade20k-512", "cityscapes-1024")),
+        _segformer_preset("b5", "ade20k-640"),
+        *(_mit_preset(size) for size in _MIT),
+    ]
+)
+
+
+# --- MPViT -----------------------------------------------------------------------------------------------------------
+
+# variant -> architecture (youngwanLEE/MPViT mpvit.py: mpvit_tiny ... mpvit_base; MODELS.md §4.1)
+_MPVIT = {
+    "tiny": dict(hidden_sizes=[64, 96, 176, 216], depths=[1, 2, 4, 1], mlp_ratios=[2, 2, 2, 2]),
+    "xsmall": dict(hidden_sizes=[64, 128, 192, 256], depths=[1, 2, 4, 1], mlp_ratios=[4, 4, 4, 4]),
+    "small": dict(hidden_sizes=[64, 128, 216, 288], depths=[1, 3, 6, 3], mlp_ratios=[4, 4, 4, 4]),
+    "base": dict(hidden_sizes=[128, 224, 368, 480], depths=[1, 3, 8, 3], mlp_ratios=[4, 4, 4, 4]),
+}
+_MPVIT_COMMON = dict(num_paths=[2, 3, 3, 3], num_attention_heads=[8, 8, 8, 8])
+# Drop-path rates: ImageNet from GET_STARTED.md; UperNet from the ADE20K configs (S 0.2, B 0.4). The authors publish
+# no UperNet config for T / XS: 0.1 is our choice, between no drop-path and Small's.
+_MPVIT_IMAGENET_DROP_PATH = {"tiny": 0.0, "xsmall": 0.0, "small": 0.05, "base": 0.3}
+_MPVIT_UPERNET_DROP_PATH = {"tiny": 0.1, "xsmall": 0.1, "small": 0.2, "base": 0.4}
+
+
+def _mpvit_preset(size: str) -> Preset:
+    """ImageNet-1k MPViT classifier; the authors' evaluation (datasets.py): bicubic resize of the short side to
+    int(224 / 0.875) = 256, centre crop 224, ImageNet mean/std."""
+    return Preset(
+        name=f"mpvit-{size}",
+        family="mpvit",
+        config=dict(_MPVIT[size], **_MPVIT_COMMON, drop_path_rate=_MPVIT_IMAGENET_DROP_PATH[size], num_labels=1000),
+        processor=dict(
+            size={"shortest_edge": 224}, crop_pct=0.875, resample=3,
+            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],  # ConvNext's defaults are 0.5
+        ),
+        label_set=None,  # ImageNet-1k: no names bundled with hf_seg (the classes keep transformers' LABEL_i names)
+    )
+
+
+def _upernet_mpvit_preset(size: str) -> Preset:
+    """MPViT + UperNet on ADE20K (semantic_segmentation/configs: UPerHead 512 channels, FCN aux head on stage 3 with
+    loss weight 0.4); test: keep-ratio resize into (2048, 512), whole image, no padding (MPViT takes any size)."""
+    return Preset(
+        name=f"upernet-mpvit-{size}-ade20k-512",
+        family="upernet",
+        config=dict(
+            _MPVIT[size], **_MPVIT_COMMON, drop_path_rate=_MPVIT_UPERNET_DROP_PATH[size],
+            out_features=["stage1", "stage2", "stage3", "stage4"],
+        ),
+        processor=dict(size={"shortest_edge": 512, "longest_edge": 2048}, do_reduce_labels=True, size_divisor=1),
+        label_set="ade20k",
+        inference=dict(mode="whole"),
+    )
+
+
+PRESETS.update(
+    (preset.name, preset)
+    for preset in [*(_mpvit_preset(size) for size in _MPVIT), *(_upernet_mpvit_preset(size) for size in _MPVIT)]
+)
+
+
 # family -> (configuration, model, image processor) classes
-FAMILY_CLASSES = {"setr": (SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor)}
+FAMILY_CLASSES = {
+    "setr": (SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor),
+    "segformer": (SegformerConfig, SegformerForSemanticSegmentation, SetrImageProcessor),
+    "mit": (SegformerConfig, SegformerForImageClassification, ConvNextImageProcessorPil),
+    "mpvit": (MPViTConfig, MPViTForImageClassification, ConvNextImageProcessorPil),
+    "upernet": (MPViTConfig, MPViTForSemanticSegmentation, SetrImageProcessor),
+}
 
 
 def list_models(family: str | None = None) -> list[str]:
@@ -102,7 +240,7 @@ def create_config(name: str, **overrides):
     preset = get_preset(name)
     config_class = FAMILY_CLASSES[preset.family][0]
     kwargs = dict(preset.config)
-    if "num_labels" not in overrides and "id2label" not in overrides:
+    if preset.label_set is not None and "num_labels" not in overrides and "id2label" not in overrides:
         id2label, _ = load_label_set(preset.label_set)
         kwargs.update(id2label=id2label, label2id={label: index for index, label in id2label.items()})
     kwargs.update(overrides)
