@@ -1,0 +1,567 @@
+# Copyright 2026 The hf_seg authors. Licensed under the Apache License, Version 2.0.
+"""The `hf-seg` command line (also `python -m hf_seg`).
+
+predict / export / list are implemented here; train, evaluate and quickstart hand their arguments to
+`hf_seg.training` and convert to `hf_seg.convert.cli`, which parse them (so `hf-seg train --help` is theirs).
+
+Errors the user can fix (a missing file, an unknown model, an unreadable image, a bad option value) are printed as
+one line on stderr, `hf-seg: error: ...`, without a traceback (`hf-seg --debug ...` shows it) and with a non-zero
+exit status: 2 for what was named wrong on the command line, 1 for what failed while working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import importlib.util
+import logging
+import os
+import re
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+
+__all__ = ["CliError", "main"]
+
+PROG = "hf-seg"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+EXIT_USAGE = 2  # what the user named does not exist / is not valid (argparse uses 2 as well)
+EXIT_FAILURE = 1  # it exists but could not be used
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+class CliError(Exception):
+    """An error reported as one line on stderr with exit status `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE):
+        super().__init__(message)
+        self.code = code
+
+
+def _one_line(error: BaseException | str, limit: int = 400) -> str:
+    """The message on one line, shortened (exporters put whole graphs into their messages)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 5] + " ..."
+
+
+# --------------------------------------------------------------------------------------------------- model loading
+
+
+class LoadedModel:
+    """A model with what predict needs around it: its processor, palette, preset (if any) and where it came from."""
+
+    def __init__(self, model, processor, palette, preset_name: str | None, source: str):
+        self.model = model
+        self.processor = processor
+        self.palette = palette
+        self.preset_name = preset_name
+        self.source = source
+
+
+def _palette_for(config, preset=None):
+    """The label set's palette when the model's classes are one of the bundled label sets, else distinct colours."""
+    from .labels import LABEL_SETS, load_label_set
+    from .visualize import default_palette
+
+    num_labels = int(getattr(config, "num_labels", 0) or 0)
+    if preset is not None and getattr(preset, "label_set", None):
+        id2label, palette = load_label_set(preset.label_set)
+        if len(id2label) == num_labels:
+            return palette
+    names = [str(name) for _, name in sorted((int(k), v) for k, v in (getattr(config, "id2label", None) or {}).items())]
+    for label_set in LABEL_SETS:
+        id2label, palette = load_label_set(label_set)
+        if names == [id2label[i] for i in range(len(id2label))]:
+            return palette
+    return default_palette(max(num_labels, 1))
+
+
+def _load_pretrained(name_or_path: str, where: str, trust_remote_code: bool, need_processor: bool,
+                     local: bool) -> LoadedModel:
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+    from transformers.utils import logging as transformers_logging
+
+    # A local folder loads in moments: no "Loading weights" bar. Hub downloads keep their progress bars.
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    if local:
+        transformers_logging.disable_progress_bar()
+    try:
+        model = AutoModelForSemanticSegmentation.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as error:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, ... here
+        raise CliError(f"cannot load the model {where}: {_one_line(error)}", EXIT_FAILURE) from error
+    finally:
+        if local and bars_were_on:
+            transformers_logging.enable_progress_bar()
+    processor = None
+    if need_processor:
+        try:
+            processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        except Exception as error:  # noqa: BLE001
+            raise CliError(f"cannot load the image processor {where}: {_one_line(error)}", EXIT_FAILURE) from error
+    return LoadedModel(model, processor, _palette_for(model.config), None, where)
+
+
+def load_model(name: str, trust_remote_code: bool = False, need_processor: bool = True) -> LoadedModel:
+    """`--model`: a preset name (random weights), a local folder written by `save_pretrained`, or a Hub id."""
+    from . import presets
+
+    if name in presets.PRESETS:
+        preset = presets.get_preset(name)
+        print(
+            f"{PROG}: warning: {name!r} is a preset name: the model is randomly initialised, its predictions are "
+            "noise. Pass a trained model folder or Hub id for real results.",
+            file=sys.stderr,
+        )
+        model = presets.create_model(name)
+        processor = presets.create_image_processor(name) if need_processor else None
+        return LoadedModel(model, processor, _palette_for(model.config, preset), name, f"preset {name!r}")
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CliError(f"model folder {name} has no config.json: it is not a folder written by save_pretrained",
+                           EXIT_USAGE)
+        if need_processor and not (path / "preprocessor_config.json").is_file():
+            raise CliError(f"model folder {name} has no preprocessor_config.json: save the image processor with "
+                           "processor.save_pretrained(folder)", EXIT_USAGE)
+        return _load_pretrained(str(path), f"from folder {name}", trust_remote_code, need_processor, local=True)
+    if path.exists():
+        raise CliError(f"--model {name} is a file; pass the folder that holds config.json", EXIT_USAGE)
+
+    if _HUB_ID.fullmatch(name):  # owner/name, and no such local folder: a Hub repository
+        return _load_pretrained(name, f"{name!r} from the Hugging Face Hub (no local folder of that name)",
+                                trust_remote_code, need_processor, local=False)
+    if "/" in name or "\\" in name or name.startswith((".", "~")):
+        raise CliError(f"model folder {name} does not exist", EXIT_USAGE)
+    close = difflib.get_close_matches(name, presets.list_models(), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise CliError(
+        f"unknown model {name!r}: not a preset (`{PROG} list` shows them), a local folder or a Hub id (owner/name).{hint}",
+        EXIT_USAGE,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- images
+
+
+def _expand_images(inputs: list[str]) -> list[Path]:
+    """Files as given and the image files (by extension) inside given folders; refuses missing paths."""
+    paths = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise CliError(f"folder {item} holds no image files ({', '.join(IMAGE_EXTENSIONS)})", EXIT_USAGE)
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise CliError(f"no such file or folder: {item}", EXIT_USAGE)
+    return paths
+
+
+def _open_image(path: Path):
+    """The image, decoded and turned upright by its EXIF orientation, or a one-line error naming the file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise CliError(f"cannot read image {path}: {_one_line(error)}", EXIT_FAILURE) from error
+
+
+def _check_readable(path: Path) -> None:
+    """Cheap up-front check (header only) so that a bad file fails before the model is loaded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 - the header is parsed on open
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise CliError(f"cannot read image {path}: {_one_line(error)}", EXIT_FAILURE) from error
+
+
+def _rgb_array(image, processor):
+    """The image as (H, W, 3) uint8 for overlays, converted by the processor's own rules when it exposes them (so a
+    16-bit or CMYK picture looks as the model saw it), else by PIL."""
+    import numpy as np
+
+    convert = getattr(processor, "convert_image", None)
+    if convert is not None:
+        try:
+            array = np.asarray(convert(image, 0, True, None))
+            return np.clip(np.moveaxis(array, 0, -1), 0, 255).round().astype(np.uint8)
+        except (TypeError, ValueError):
+            pass
+    return np.asarray(image.convert("RGB"))
+
+
+# ----------------------------------------------------------------------------------------------------- subcommands
+
+
+def _pair_argument(values, name: str):
+    if values is None:
+        return None
+    if len(values) not in (1, 2) or min(values) <= 0:
+        raise CliError(f"{name} takes one or two positive integers (height [width]), got {values}", EXIT_USAGE)
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise CliError(f"--device {name}: {_one_line(error)}", EXIT_USAGE) from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: CUDA is not available on this machine", EXIT_USAGE)
+    return device
+
+
+def _predict(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .inference import segment
+    from .visualize import colorize, overlay
+
+    crop_size = _pair_argument(args.crop_size, "--crop-size")
+    stride = _pair_argument(args.stride, "--stride")
+    if args.mode == "whole" and (crop_size is not None or stride is not None):
+        raise CliError("--crop-size and --stride apply to --mode slide only", EXIT_USAGE)
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CliError(f"--alpha must lie in [0, 1], got {args.alpha}", EXIT_USAGE)
+    if args.scales is not None and any(scale <= 0 for scale in args.scales):
+        raise CliError(f"--scales must be positive, got {args.scales}", EXIT_USAGE)
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}", EXIT_USAGE)
+    images = _expand_images(args.images)
+    stems = {}
+    for path in images:
+        if path.stem in stems:
+            raise CliError(f"{stems[path.stem]} and {path} would both write {path.stem}.png; rename one", EXIT_USAGE)
+        stems[path.stem] = path
+    for path in images:
+        _check_readable(path)
+    device = _device(args.device)
+
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    if "SemanticSegmentation" not in type(loaded.model).__name__:
+        raise CliError(f"{loaded.source} is a {type(loaded.model).__name__}, not a semantic-segmentation model",
+                       EXIT_USAGE)
+    model = loaded.model.to(device).eval()
+    if getattr(model.config, "num_labels", 0) > 255:
+        raise CliError(f"the model has {model.config.num_labels} classes; label PNGs hold at most 255", EXIT_FAILURE)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
+    output_dir = Path(args.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"cannot create --output-dir {output_dir}: {_one_line(error)}", EXIT_FAILURE) from error
+
+    slide = {}
+    if args.mode == "slide":
+        slide = dict(crop_size=crop_size, stride=stride, preset=loaded.preset_name)
+    written = 0
+    for path in tqdm(images, desc="predict", unit="image", disable=args.quiet or None):
+        image = _open_image(path)
+        try:
+            (label_map,) = segment(
+                model, loaded.processor, image, mode=args.mode, scales=args.scales, flip=args.flip,
+                batch_size=args.batch_size, autocast_dtype=autocast, **slide,
+            )
+        except ValueError as error:
+            raise CliError(f"cannot segment {path}: {_one_line(error)}", EXIT_FAILURE) from error
+        colorize(label_map, loaded.palette).save(output_dir / f"{path.stem}.png")
+        if args.overlay:
+            picture = overlay(_rgb_array(image, loaded.processor), label_map, loaded.palette, alpha=args.alpha)
+            picture.save(output_dir / f"{path.stem}_overlay.png")
+        written += 1
+    if not args.quiet:
+        extra = " and overlays (*_overlay.png)" if args.overlay else ""
+        print(f"wrote {written} label map{'s' if written != 1 else ''} (palette PNG, pixel value = class id){extra} "
+              f"to {output_dir}")
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_onnx, onnx_max_abs_diff, supports_dynamic_size
+
+    height, width = args.size
+    if height <= 0 or width <= 0:
+        raise CliError(f"--size must be positive, got {height} {width}", EXIT_USAGE)
+    if args.exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
+        raise CliError("the dynamo exporter needs onnxscript: pip install onnx onnxscript (or --exporter torchscript)",
+                       EXIT_FAILURE)
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, need_processor=False)
+    model = loaded.model.eval()
+    torch_onnx_logger = logging.getLogger("torch.onnx")
+    level = torch_onnx_logger.level
+    torch_onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed, skipping torchvision::nms" & co.
+    try:
+        warnings.simplefilter("ignore", UserWarning)  # the adaptive-pooling case is said in the summary line
+        path = export_onnx(model, args.output, height, width, opset=args.opset, dynamic=not args.static,
+                           exporter=args.exporter)
+    except ValueError as error:
+        raise CliError(_one_line(error), EXIT_USAGE) from error
+    except Exception as error:  # noqa: BLE001 - exporter failures come in many types
+        raise CliError(f"ONNX export of {loaded.source} failed: {_one_line(error)}", EXIT_FAILURE) from error
+    finally:
+        torch_onnx_logger.setLevel(level)
+    if args.static:
+        axes = f"batch 1, {height}x{width}"
+    elif supports_dynamic_size(model):
+        axes = "dynamic batch, height and width"
+    else:
+        axes = f"dynamic batch, fixed {height}x{width}: the model's adaptive pooling exports for one size only"
+    message = f"wrote {path} ({axes})"
+    if not args.no_check:
+        if importlib.util.find_spec("onnxruntime") is None:
+            message += "; not checked (pip install onnxruntime to compare with PyTorch)"
+        else:
+            import torch
+
+            pixel_values = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+            diff = onnx_max_abs_diff(model, path, pixel_values)
+            message += f"; onnxruntime vs PyTorch max abs diff {diff:.2e} at {height}x{width}"
+            if diff > args.atol:
+                print(message, file=sys.stderr)
+                raise CliError(f"the ONNX logits differ from PyTorch's by {diff:.2e} > --atol {args.atol}")
+    print(message)
+    return 0
+
+
+def _list(args) -> int:
+    import torch
+
+    from . import presets
+
+    names = presets.list_models(args.family)
+    if not names:
+        raise CliError(f"no presets of family {args.family!r}; families: "
+                       f"{', '.join(sorted({p.family for p in presets.PRESETS.values()}))}", EXIT_USAGE)
+    print(f"{'preset':42s} {'parameters':>14s} {'inference':>14s}  {'labels':18s} test protocol")
+    for name in names:
+        preset = presets.get_preset(name)
+        with torch.device("meta"):  # sizes only: no memory, no initialisation
+            model = presets.create_model(name)
+        total = sum(p.numel() for p in model.parameters())
+        auxiliary_heads = getattr(model, "auxiliary_heads", None) or torch.nn.ModuleList()
+        auxiliary = sum(p.numel() for p in auxiliary_heads.parameters())
+        protocol = ", ".join(f"{key} {value}" for key, value in preset.inference.items())
+        label_set = preset.label_set or f"{model.config.num_labels} classes"
+        print(f"{name:42s} {total:>14,d} {total - auxiliary:>14,d}  {label_set:18s} {protocol}")
+    return 0
+
+
+def _list_and_hint(args) -> int:
+    status = _list(args)
+    print(f"\ncommands: predict, export, train, evaluate, quickstart, convert, list; `{PROG} --help` explains them",
+          file=sys.stderr)
+    return status
+
+
+# Subcommands implemented elsewhere: name -> (module, function, one-line help). They parse their own arguments.
+_DELEGATED = {
+    "train": ("hf_seg.training", "train_main", "fine-tune a model on a dataset (transformers.Trainer; accelerate)"),
+    "evaluate": ("hf_seg.training", "evaluate_main", "compute mIoU / accuracy of a model on a dataset split"),
+    "quickstart": ("hf_seg.training", "quickstart_main",
+                   "train a tiny model on the bundled dataset on CPU in minutes, evaluate it, draw overlays"),
+}
+_CONVERT = ("hf_seg.convert.cli", "main")  # main(family, argv)
+FAMILIES = ("setr", "segformer", "mpvit")
+
+
+def _delegate(module_name: str, function_name: str, call_args: tuple, command: str) -> int:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and (module_name == error.name or module_name.startswith(error.name + ".")):
+            raise CliError(f"`{PROG} {command}` is not available in this installation ({module_name} is missing)")
+        raise CliError(f"`{PROG} {command}` needs the package {error.name!r}: pip install {error.name}") from error
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise CliError(f"`{PROG} {command}` is not available in this installation "
+                       f"({module_name}.{function_name} is missing)")
+    status = function(*call_args)
+    return 0 if status is None else int(status)
+
+
+# ----------------------------------------------------------------------------------------------------------- parser
+
+_EPILOG = f"""\
+models (--model): a preset name ({PROG} list; random weights, for trying things out), a folder written by
+save_pretrained (config.json, model.safetensors, preprocessor_config.json), or a Hugging Face Hub id (owner/name).
+
+examples:
+  {PROG} list
+  {PROG} predict --model ./my-setr photo.jpg more_photos/ --output-dir predictions --overlay
+  {PROG} predict --model ./my-setr big.png --output-dir out --mode slide --crop-size 512 --stride 341
+  {PROG} export --model ./my-setr --output setr.onnx --size 512 512
+  {PROG} train --help
+
+exit status: 0 success, 2 something named on the command line is missing or invalid (file, model, option),
+1 it exists but failed (unreadable image, model that does not load, export mismatch). --debug shows tracebacks.
+"""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Shows a default only where there is one worth showing (not None / False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Semantic segmentation with SETR, SegFormer and MPViT as Hugging Face transformers models: "
+        "predict, export to ONNX, train, evaluate, convert checkpoints, list presets.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def model_arguments(sub):
+        sub.add_argument("--model", required=True, metavar="ID_OR_DIR",
+                         help="preset name (random weights), save_pretrained folder, or Hub id owner/name")
+        sub.add_argument("--trust-remote-code", action="store_true",
+                         help="allow a Hub model's own code to run (models not built into transformers or hf_seg)")
+
+    predict = subparsers.add_parser(
+        "predict", help="segment images: label PNGs (with the dataset's palette) and overlay pictures",
+        description="Segment images at their original size and write, per image, OUTPUT_DIR/<name>.png: a palette "
+        "PNG whose pixel values are the class ids (coloured with the dataset's palette), and with --overlay "
+        "OUTPUT_DIR/<name>_overlay.png, the image blended with the coloured prediction.",
+        formatter_class=_Formatter,
+    )
+    model_arguments(predict)
+    predict.add_argument("images", nargs="+", metavar="IMAGES", help="image files, or folders of image files")
+    predict.add_argument("--output-dir", required=True, help="folder for the outputs (created if missing)")
+    predict.add_argument("--mode", choices=("whole", "slide"), default="whole",
+                         help="whole: one pass on the resized image; slide: overlapping windows, as SETR evaluates")
+    predict.add_argument("--crop-size", type=int, nargs="+", metavar="N",
+                         help="slide window height [width] (default: the preset's, or SETR's config.image_size)")
+    predict.add_argument("--stride", type=int, nargs="+", metavar="N",
+                         help="slide stride height [width] (default: the preset's, or 2/3 of the crop)")
+    predict.add_argument("--scales", type=float, nargs="+", metavar="R",
+                         help="test-time scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75 (probabilities averaged)")
+    predict.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
+    predict.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
+    predict.add_argument("--alpha", type=float, default=0.5, help="weight of the colours in the overlay")
+    predict.add_argument("--batch-size", type=int, default=4, help="windows / variants per forward pass")
+    predict.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    predict.add_argument("--autocast", choices=("bf16", "fp16"), help="run the model under torch.autocast")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
+    predict.set_defaults(handler=_predict)
+
+    export = subparsers.add_parser(
+        "export", help="export a model to ONNX and check it against PyTorch with onnxruntime",
+        description="Export a model to ONNX (input pixel_values (batch, 3, H, W) float32, normalised as the "
+        "model's image processor does; output logits). Batch, height and width are dynamic unless --static (models "
+        "with adaptive pooling, e.g. UperNet: batch only). "
+        "When onnxruntime is installed the exported graph is run and compared with PyTorch.",
+        formatter_class=_Formatter,
+    )
+    model_arguments(export)
+    export.add_argument("--output", required=True, metavar="FILE.onnx", help="the ONNX file to write")
+    export.add_argument("--size", type=int, nargs=2, required=True, metavar=("H", "W"),
+                        help="example input size (SETR: multiples of the patch size); the only size with --static")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    export.add_argument("--static", action="store_true", help="fixed batch 1 and --size instead of dynamic axes")
+    export.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                        help="torch.onnx exporter: dynamo (torch.export, needs onnxscript) or the legacy torchscript")
+    export.add_argument("--no-check", action="store_true", help="do not compare with onnxruntime")
+    export.add_argument("--atol", type=float, default=1e-3, help="largest accepted ONNX vs PyTorch logit difference")
+    export.set_defaults(handler=_export)
+
+    listing = subparsers.add_parser("list", help="list the model presets with sizes, label sets and test protocol",
+                                    description="List the model presets (names for --model and create_model).")
+    listing.add_argument("--family", help="only this family (setr, segformer, mpvit, upernet-mpvit, ...)")
+    listing.set_defaults(handler=_list)
+
+    for name, (module_name, function_name, help_text) in _DELEGATED.items():
+        sub = subparsers.add_parser(name, help=help_text, add_help=False, prefix_chars="\0",
+                                    description=f"{help_text}; `{PROG} {name} --help` lists its options.")
+        sub.add_argument("arguments", nargs=argparse.REMAINDER)
+        sub.set_defaults(delegate=(module_name, function_name))
+
+    convert = subparsers.add_parser(
+        "convert", help="convert an authors' / mmsegmentation checkpoint into a save_pretrained folder",
+        add_help=False, prefix_chars="\0",
+        description=f"{PROG} convert FAMILY --checkpoint FILE --model-name PRESET --output-dir DIR; "
+        f"`{PROG} convert FAMILY --help` lists the options.",
+    )
+    convert.add_argument("arguments", nargs=argparse.REMAINDER)
+    convert.set_defaults(delegate=_CONVERT)
+    return parser
+
+
+def _run(args) -> int:
+    if getattr(args, "delegate", None) is not None:
+        module_name, function_name = args.delegate
+        if args.command == "convert":
+            if not args.arguments or args.arguments[0] in ("-h", "--help"):
+                print(f"usage: {PROG} convert {{{','.join(FAMILIES)}}} --checkpoint FILE --model-name PRESET "
+                      f"--output-dir DIR [options]\n\nConvert a source checkpoint of one family; "
+                      f"`{PROG} convert FAMILY --help` lists the options.")
+                return 0 if args.arguments else EXIT_USAGE
+            family, rest = args.arguments[0], args.arguments[1:]
+            if family not in FAMILIES:
+                raise CliError(f"unknown family {family!r} for convert; choose from {', '.join(FAMILIES)}", EXIT_USAGE)
+            return _delegate(module_name, function_name, (family, rest), f"convert {family}")
+        return _delegate(module_name, function_name, (list(args.arguments),), args.command)
+    return args.handler(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `hf-seg` with `argv` (default: `sys.argv[1:]`) and return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) and argparse's usage errors (2): return the status, do not exit
+        return 0 if exit_.code is None else int(exit_.code) if isinstance(exit_.code, int) else EXIT_FAILURE
+    if args.command is None:  # bare `hf-seg` / `python -m hf_seg`: the preset table, then where to go next
+        args = argparse.Namespace(command="list", family=None, debug=args.debug, handler=_list_and_hint)
+    try:
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.simplefilter("ignore", FutureWarning)
+            return _run(args)
+    except CliError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `hf-seg list | head`: the reader left; no message, as other command-line tools do
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout again at exit
+        return 0
+    except Exception as error:  # noqa: BLE001 - anything unexpected: one line, the traceback with --debug
+        if args.debug:
+            traceback.print_exc()
+            hint = ""
+        else:
+            hint = " (run with --debug for the traceback)"
+        print(f"{PROG}: error: {type(error).__name__}: {_one_line(error)}{hint}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
