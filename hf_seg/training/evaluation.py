@@ -1,0 +1,128 @@
+# Copyright 2026 The hf_seg authors. Licensed under the Apache License, Version 2.0.
+"""The papers' evaluation protocol over a dataset, streamed and reduced across processes.
+
+Trainer's own evaluation loop cannot express it: it batches processed inputs and compares logits with labels *at the
+processed size*, while mmsegmentation resizes each image keeping its ratio, runs it whole or in sliding windows,
+resizes the logits back to the **original** label size and scores there. So `evaluate_segmentation` runs
+`hf_seg.segment` image by image (whole / slide, keep-ratio test resize, logits resized back) and adds each original
+label map to a `SegmentationConfusionMatrix`; nothing but one image's logits and the [K, K] matrix is ever held.
+With `torch.distributed` initialised each process takes every `world_size`-th image and the matrices are summed with
+one `all_reduce`, so every process returns the metrics of the whole set (equal to a one-process run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from ..data.transforms import decode_example
+from ..inference import segment
+from ..metrics import SegmentationConfusionMatrix
+
+
+def _distributed():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def metrics_to_dict(result: dict, id2label: Mapping[int, str] | None = None, per_category: bool = True) -> dict:
+    """`SegmentationConfusionMatrix.compute()` -> flat JSON-friendly floats (`mean_iou`, `iou_<label>`, ...)."""
+    out = {
+        "mean_iou": result["mIoU"],
+        "mean_accuracy": result["mAcc"],
+        "overall_accuracy": result["aAcc"],
+    }
+    if per_category:
+        names = dict(id2label or {})
+        for index, (iou, accuracy) in enumerate(zip(result["per_category_iou"], result["per_category_accuracy"])):
+            name = str(names.get(index, index))
+            out[f"iou_{name}"] = float(iou)
+            out[f"accuracy_{name}"] = float(accuracy)
+    return out
+
+
+@torch.no_grad()
+def broadcast_buffers(model, source_rank: int = 0) -> None:
+    """Give every process rank `source_rank`'s buffers (BatchNorm running statistics). Under DDP each process
+    updates its own statistics with its own last batches, so without this every process would evaluate slightly
+    different models, and none of them the one rank 0 saves."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point() or buffer.dtype in (torch.int64, torch.int32):
+            dist.broadcast(buffer.data, source_rank)
+
+
+@torch.no_grad()
+def evaluate_segmentation(
+    model,
+    processor,
+    dataset,
+    image_column: str = "image",
+    label_column: str = "label",
+    reduce_labels: bool = False,
+    mode: str = "whole",
+    crop_size=None,
+    stride=None,
+    batch_size: int = 4,
+    autocast_dtype: torch.dtype | None = None,
+    ignore_index: int = 255,
+    id2label: Mapping[int, str] | None = None,
+    per_category: bool = True,
+    max_examples: int | None = None,
+    sync_buffers: bool = True,
+) -> dict:
+    """mIoU / mAcc / aAcc (fractions) of `model` on `dataset` (a `datasets.Dataset` with image and label columns),
+    with mmsegmentation's test protocol. See the module docstring for distribution and memory; `sync_buffers` first
+    gives every process rank 0's BatchNorm statistics (`broadcast_buffers`)."""
+    num_labels = model.config.num_labels
+    confusion = SegmentationConfusionMatrix(num_labels, ignore_index=ignore_index, reduce_labels=reduce_labels)
+    rank, world_size = _distributed()
+    if sync_buffers:
+        broadcast_buffers(model)
+    total = len(dataset) if max_examples is None else min(len(dataset), max_examples)
+    indices = list(range(rank, total, world_size))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            rows = dataset.select(chunk) if hasattr(dataset, "select") else [dataset[i] for i in chunk]
+            images, labels = [], []
+            for index, row in zip(chunk, rows):
+                image, label, _ = decode_example(row[image_column], row[label_column], index)
+                images.append(image)
+                labels.append(torch.from_numpy(np.ascontiguousarray(label)))
+            predictions = segment(
+                model, processor, images, mode=mode, crop_size=crop_size, stride=stride, batch_size=batch_size,
+                autocast_dtype=autocast_dtype,
+            )
+            confusion.update(predictions, labels)
+    finally:
+        model.train(was_training)
+    confusion.all_reduce()
+    metrics = metrics_to_dict(confusion.compute(), id2label, per_category)
+    metrics["num_examples"] = total
+    return metrics
+
+
+def _clean(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def json_ready(metrics: dict) -> dict:
+    """NaN -> None, so the metrics survive `json.dump` as valid JSON."""
+    return {key: _clean(value) for key, value in metrics.items()}
+
+
+__all__ = ["broadcast_buffers", "evaluate_segmentation", "json_ready", "metrics_to_dict"]

@@ -1,0 +1,687 @@
+# Copyright 2026 The hf_seg authors. Licensed under the Apache License, Version 2.0.
+"""`train(...)`: model + processor + datasets + `TrainingArguments` + `transformers.Trainer` for semantic segmentation.
+
+What hf_seg adds to `Trainer` (`SegmentationTrainer`) is what the papers' recipes need and `Trainer` lacks:
+- the optimizer over mmseg-style parameter groups (head lr multiplier, weight-decay exclusions) and mmseg's poly
+  schedule with linear warmup (`recipes.py`);
+- the papers' evaluation protocol (keep-ratio test resize, whole or sliding-window inference, logits resized back and
+  scored at the original label resolution) in place of `Trainer.evaluate`'s batched loop, which compares at the
+  processed size (`evaluation.py`);
+- per-epoch reseeding of the seeded mmseg augmentations (`hf_seg.data.SegmentationTrainTransform`).
+Everything else (mixed precision, gradient accumulation and checkpointing, checkpoints and `resume_from_checkpoint`,
+DDP / FSDP / DeepSpeed through `accelerate launch` or `torchrun`, logging) is `Trainer`'s own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.utils import logging
+
+from .evaluation import evaluate_segmentation, json_ready
+from .recipes import (
+    Recipe,
+    create_optimizer,
+    get_recipe,
+    per_device_batch_size,
+    poly_schedule,
+    recipe_name_for_preset,
+)
+
+
+logger = logging.get_logger(__name__)
+
+#: the source code bases' licenses (model cards state them; hf_seg's own code is Apache-2.0)
+FAMILY_LICENSES = {
+    "setr": ("mit", "SETR (fudan-zvg/SETR): MIT license."),
+    "segformer": (
+        "other",
+        "SegFormer (NVlabs/SegFormer): NVIDIA Source Code License for SegFormer, non-commercial use only.",
+    ),
+    "mpvit": ("gpl-3.0", "MPViT (youngwanLEE/MPViT): GPL-3.0 (or ETRI's commercial license)."),
+}
+#: TrainingArguments fields a recipe fills unless the caller sets them
+RECIPE_ARGUMENT_FIELDS = (
+    "learning_rate", "weight_decay", "max_steps", "per_device_train_batch_size", "warmup_steps", "adam_beta1",
+    "adam_beta2",
+)
+
+
+def model_family(model) -> str:
+    """"setr", "segformer" or "mpvit" (from the config's model type and backbone)."""
+    config = model.config
+    model_type = getattr(config, "model_type", "")
+    if model_type == "setr":
+        return "setr"
+    if model_type.startswith("segformer"):
+        return "segformer"
+    if model_type == "mpvit":
+        return "mpvit"
+    backbone = getattr(config, "backbone_config", None)
+    if model_type == "upernet" and backbone is not None and "mpvit" in getattr(backbone, "model_type", ""):
+        return "mpvit"
+    return model_type or "unknown"
+
+
+def default_recipe_name(model) -> str:
+    """A recipe for a model that does not come from a preset: its family's ADE20K recipe."""
+    family = model_family(model)
+    if family == "setr":
+        return f"setr-{model.config.decoder_type}-ade20k-512"
+    if family == "segformer":
+        return "segformer-ade20k-512"
+    if family == "mpvit":
+        return "upernet-mpvit-ade20k-512"
+    raise ValueError(f"no default recipe for a {type(model).__name__}; pass recipe=...")
+
+
+# --------------------------------------------------------------------------------------------------------- trainer
+
+
+class AugmentationEpochCallback(TrainerCallback):
+    """Gives the seeded training transform the epoch number, so every epoch draws new augmentations (also after a
+    resume in the middle of an epoch: the epoch comes from the restored `state.epoch`)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.transform.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
+
+
+class SegmentationTrainer(Trainer):
+    """`Trainer` with the recipe's optimizer and schedule and the papers' evaluation protocol.
+
+    Args (besides `Trainer`'s):
+        recipe: the `Recipe`; its optimizer type, momentum, lr multipliers, decay exclusions, poly power, `min_lr` and
+            warmup ratio are used. Learning rate, weight decay, betas, epsilon, warmup steps and the number of steps
+            come from `args`. `recipe=None` leaves optimizer and schedule to `Trainer` (`args.lr_scheduler_type`).
+        eval_settings: keyword arguments of `evaluate_segmentation` (mode, crop_size, stride, reduce_labels,
+            image_column, label_column, id2label, ...). `eval_dataset` holds raw examples (image + label columns).
+    """
+
+    def __init__(self, *args, recipe: Recipe | None = None, eval_settings: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The segmentation models take `**kwargs` but their losses are per-batch means that ignore
+        # `num_items_in_batch`. Trainer would then neither divide the loss by the accumulation steps nor leave it
+        # unscaled across processes; declaring the loss not token-normalised restores mmseg's semantics (mean over
+        # the micro-batch, averaged over accumulation steps and over processes).
+        self.model_accepts_loss_kwargs = False
+        self.recipe = recipe
+        self.eval_settings = dict(eval_settings or {})
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None and self.recipe is not None:
+            opt_model = self.model if model is None else model
+            recipe = self.recipe.replace(betas=(self.args.adam_beta1, self.args.adam_beta2))
+            self.optimizer = create_optimizer(
+                opt_model, recipe, self.args.learning_rate, self.args.weight_decay, self.args.adam_epsilon
+            )
+        return super().create_optimizer(model)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None and self.recipe is not None:
+            self.lr_scheduler = poly_schedule(
+                self.optimizer if optimizer is None else optimizer,
+                total_steps=num_training_steps,
+                power=self.recipe.poly_power,
+                min_lr=self.recipe.min_lr,
+                warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                warmup_ratio=self.recipe.warmup_ratio,
+                style=self.recipe.schedule_style,
+            )
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval", per_category=None):
+        """The papers' protocol (`evaluate_segmentation`) on `eval_dataset` (or the trainer's), logged as
+        `{prefix}_mean_iou`, ... Runs on every process; the result is that of the whole set on each."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if dataset is None:
+            raise ValueError("evaluation needs an eval_dataset (raw examples with image and label columns)")
+        if isinstance(dataset, dict):
+            metrics = {}
+            for name, part in dataset.items():
+                metrics.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}", per_category))
+            return metrics
+        settings = dict(self.eval_settings)
+        if per_category is not None:
+            settings["per_category"] = per_category
+        if self.args.bf16 or self.args.fp16:
+            settings.setdefault("autocast_dtype", torch.bfloat16 if self.args.bf16 else torch.float16)
+        start = time.time()
+        result = evaluate_segmentation(self.model, self.processing_class, dataset, **settings)
+        runtime = time.time() - start
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in result.items()}
+        metrics[f"{metric_key_prefix}_runtime"] = round(runtime, 4)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+# --------------------------------------------------------------------------------------------------------- building
+
+
+def _resolve_recipe(recipe, model, preset_name, overrides) -> Recipe:
+    if isinstance(recipe, Recipe):
+        resolved = recipe
+    elif isinstance(recipe, str):
+        resolved = get_recipe(recipe)
+    elif preset_name is not None:
+        resolved = get_recipe(recipe_name_for_preset(preset_name))
+    else:
+        resolved = get_recipe(default_recipe_name(model))
+    overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
+    return resolved.replace(**overrides) if overrides else resolved
+
+
+def build_model_and_processor(
+    model,
+    id2label: dict | None = None,
+    config_overrides: dict | None = None,
+    pretrained_encoder: str | None = None,
+    image_processor=None,
+    **from_pretrained_kwargs,
+):
+    """`(model, processor, preset_name)` from a preset name (random init, optionally with a pretrained encoder), a
+    checkpoint folder / Hub id, or a model instance. `id2label` relabels the model (new classifier for checkpoints)."""
+    from .. import presets
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    config_overrides = dict(config_overrides or {})
+    label_kwargs = {}
+    if id2label:
+        id2label = {int(k): str(v) for k, v in id2label.items()}
+        label_kwargs = dict(id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    preset_name = None
+    if isinstance(model, PreTrainedModel):
+        if label_kwargs and model.config.num_labels != len(id2label):
+            raise ValueError(
+                f"the model has {model.config.num_labels} labels but the data set {len(id2label)}; build the model "
+                "with the data set's labels"
+            )
+        processor = image_processor
+    elif isinstance(model, str) and model in presets.PRESETS:
+        preset_name = model
+        built = presets.create_model(model, **label_kwargs, **config_overrides)
+        processor = image_processor if image_processor is not None else presets.create_image_processor(model)
+        if pretrained_encoder:
+            from .pretrained import load_pretrained_encoder
+
+            load_pretrained_encoder(built, pretrained_encoder, **from_pretrained_kwargs)
+        model = built
+    elif isinstance(model, (str, os.PathLike)):
+        source = str(model)
+        kwargs = dict(from_pretrained_kwargs, **label_kwargs, **config_overrides)
+        if label_kwargs:
+            kwargs["ignore_mismatched_sizes"] = True  # a new classifier for the new label set
+        model = AutoModelForSemanticSegmentation.from_pretrained(source, **kwargs)
+        processor = (
+            image_processor
+            if image_processor is not None
+            else AutoImageProcessor.from_pretrained(source, **from_pretrained_kwargs)
+        )
+    else:
+        raise TypeError(f"model must be a preset name, a folder / Hub id or a PreTrainedModel, got {type(model)}")
+    if processor is None:
+        from ..models.setr import SetrImageProcessor
+
+        processor = SetrImageProcessor()
+    return model, processor, preset_name
+
+
+def build_training_arguments(
+    training_args: TrainingArguments | dict | None, recipe: Recipe, output_dir: str | None
+) -> TrainingArguments:
+    """`TrainingArguments` from the recipe's defaults and the caller's values.
+
+    A dict (or the CLI's explicitly given flags) overrides the recipe field by field; a `TrainingArguments` instance
+    is taken as it is (its learning rate, batch size, steps ... win over the recipe's). `remove_unused_columns` is
+    always False: the transforms need the image and label columns.
+    """
+    if isinstance(training_args, TrainingArguments):
+        args = training_args
+        if output_dir is not None and args.output_dir != output_dir:
+            args.output_dir = output_dir
+        args.remove_unused_columns = False
+        return args
+    given = dict(training_args or {})
+    if output_dir is not None:
+        given["output_dir"] = output_dir
+    if "output_dir" not in given:
+        raise ValueError("train needs an output_dir")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = int(given.get("gradient_accumulation_steps", 1))
+    defaults = dict(
+        learning_rate=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        max_steps=recipe.max_steps,
+        warmup_steps=recipe.warmup_steps,
+        adam_beta1=recipe.betas[0],
+        adam_beta2=recipe.betas[1],
+        save_steps=min(recipe.max_steps, 16_000),
+        logging_steps=50,
+        dataloader_drop_last=True,
+        save_total_limit=2,
+        report_to="none",
+    )
+    if "per_device_train_batch_size" not in given:
+        defaults["per_device_train_batch_size"] = per_device_batch_size(recipe.batch_size, world_size, accumulation)
+    if "max_steps" in given and "save_steps" not in given:
+        defaults["save_steps"] = max(1, min(int(given["max_steps"]), 16_000))
+    merged = {**defaults, **given, "remove_unused_columns": False}
+    return TrainingArguments(**merged)
+
+
+def build_datasets(
+    dataset,
+    recipe: Recipe,
+    processor,
+    num_labels: int,
+    seed: int,
+    train_split: str = "train",
+    eval_split: str | None = "validation",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    id2label=None,
+    reduce_labels: bool = False,
+    **load_kwargs,
+):
+    """`(train_dataset, eval_dataset, transform, info)`: the training split with the seeded mmseg augmentation of the
+    recipe (crop, scale, ratio range, cat_max_ratio, flip, photometric distortion), the raw evaluation split."""
+    from datasets import DatasetDict
+
+    from ..data import SegmentationTrainTransform, add_index_column, load_segmentation_dataset
+
+    if isinstance(dataset, DatasetDict):
+        from ..data.loading import _detect_column, _load_id2label, IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES
+
+        data = dataset
+        first = next(iter(data.values()))
+        image_col = _detect_column(first, image_column, IMAGE_COLUMN_NAMES, "image")
+        label_col = _detect_column(first, label_column, LABEL_COLUMN_NAMES, "label", exclude=image_col)
+        info = dict(image_column=image_col, label_column=label_col, id2label=_load_id2label(id2label, first, label_col))
+    else:
+        data, info = load_segmentation_dataset(
+            dataset, image_column=image_column, label_column=label_column, id2label=id2label, decode=False,
+            **load_kwargs,
+        )
+    for split in (train_split, eval_split):
+        if split is not None and split not in data:
+            raise ValueError(f"split {split!r} not in the data set (splits: {list(data)})")
+    transform = SegmentationTrainTransform(
+        crop_size=recipe.crop_size,
+        scale=recipe.train_scale,
+        ratio_range=recipe.ratio_range,
+        cat_max_ratio=recipe.cat_max_ratio,
+        reduce_labels=reduce_labels,
+        mean=getattr(processor, "image_mean", None) or (0.485, 0.456, 0.406),
+        std=getattr(processor, "image_std", None) or (0.229, 0.224, 0.225),
+        seed=seed,
+        num_labels=num_labels,
+        photometric=recipe.photometric,
+        image_column=info["image_column"],
+        label_column=info["label_column"],
+    )
+    train_dataset = None
+    if train_split is not None:
+        train_dataset = add_index_column(data[train_split])
+        train_dataset.set_transform(transform)
+    eval_dataset = data[eval_split] if eval_split is not None else None
+    return train_dataset, eval_dataset, transform, info
+
+
+# --------------------------------------------------------------------------------------------------------- outputs
+
+
+def _metric_rows(metrics: dict, prefix: str = "eval_") -> list[tuple[str, Any]]:
+    rows = []
+    for key in ("mean_iou", "mean_accuracy", "overall_accuracy"):
+        if f"{prefix}{key}" in metrics and metrics[f"{prefix}{key}"] is not None:
+            rows.append((key, metrics[f"{prefix}{key}"]))
+    return rows
+
+
+def write_model_card(
+    output_dir: str,
+    model,
+    metrics: dict | None = None,
+    recipe: Recipe | None = None,
+    dataset_name: str | None = None,
+    preset_name: str | None = None,
+    pretrained_encoder: str | None = None,
+    training_args: TrainingArguments | None = None,
+    eval_settings: dict | None = None,
+    model_name: str | None = None,
+) -> str:
+    """A Hub model card (`README.md`) with the evaluation metrics, the recipe and the source's license."""
+    family = model_family(model)
+    license_id, license_note = FAMILY_LICENSES.get(family, ("apache-2.0", ""))
+    if family == "segformer" and not pretrained_encoder:
+        license_note += " This model was trained here from random initialisation with transformers' SegFormer code."
+    name = model_name or Path(output_dir).name
+    metrics = metrics or {}
+    rows = _metric_rows(metrics)
+    front = ["---", f"license: {license_id}", "library_name: transformers", "pipeline_tag: image-segmentation",
+             "tags:", "- image-segmentation", "- semantic-segmentation", "- hf_seg", f"- {family}"]
+    if dataset_name:
+        front += ["datasets:", f"- {dataset_name}"]
+    if rows:
+        front += ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: image-segmentation",
+                  "      name: Semantic Segmentation"]
+        if dataset_name:
+            front += ["    dataset:", f"      name: {dataset_name}", f"      type: {dataset_name}"]
+        front += ["    metrics:"]
+        for key, value in rows:
+            front += [f"    - type: {key}", f"      value: {value:.4f}", f"      name: {key.replace('_', ' ')}"]
+    front.append("---")
+
+    body = [f"# {name}", "",
+            f"A {family.upper() if family == 'setr' else family.capitalize()} semantic-segmentation model "
+            f"({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+            f"{model.config.num_labels} classes) fine-tuned with [hf_seg](https://github.com/) on top of "
+            "`transformers.Trainer`."]
+    if preset_name:
+        body.append(f"Architecture preset: `{preset_name}`.")
+    if pretrained_encoder:
+        body.append(f"Encoder initialised from `{pretrained_encoder}`.")
+    if dataset_name:
+        body.append(f"Data set: `{dataset_name}`.")
+    body += ["", "## Evaluation", ""]
+    if rows:
+        protocol = ", ".join(f"{k}={v}" for k, v in (eval_settings or {}).items() if k in ("mode", "crop_size", "stride"))
+        body += [f"Protocol: keep-ratio test resize, {protocol or 'mode=whole'}, logits resized back to the original "
+                 "label size; metrics are fractions (mmsegmentation's IoUMetric definitions).", "",
+                 "| metric | value |", "|---|---|"]
+        body += [f"| {key} | {value:.4f} |" for key, value in rows]
+        per_class = [(k[len("eval_iou_"):], v) for k, v in metrics.items() if k.startswith("eval_iou_")]
+        if per_class:
+            body += ["", "| class | IoU |", "|---|---|"]
+            body += [f"| {label} | {'n/a' if v is None or v != v else f'{v:.4f}'} |" for label, v in per_class]
+    else:
+        body.append("Not evaluated.")
+    body += ["", "## Training", ""]
+    if recipe is not None:
+        body.append(f"Recipe `{recipe.name}`:")
+        body.append("")
+        body += [f"- {key}: {value}" for key, value in recipe.to_dict().items() if key != "name"]
+    if training_args is not None:
+        body += [f"- steps: {training_args.max_steps}, per-device batch: {training_args.per_device_train_batch_size}, "
+                 f"gradient accumulation: {training_args.gradient_accumulation_steps}, learning rate: "
+                 f"{training_args.learning_rate}, weight decay: {training_args.weight_decay}, seed: {training_args.seed}"]
+    body += ["", "## Usage", "", "```python", "import hf_seg  # or pass trust_remote_code=True without hf_seg",
+             "from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation", "",
+             f'model = AutoModelForSemanticSegmentation.from_pretrained("{name}").eval()',
+             f'processor = AutoImageProcessor.from_pretrained("{name}")',
+             'label_maps = hf_seg.segment(model, processor, images, mode="whole")', "```", "",
+             "## License", "", f"{license_note} hf_seg's code is Apache-2.0.".strip(), ""]
+    path = Path(output_dir) / "README.md"
+    path.write_text("\n".join(front + [""] + body), encoding="utf-8")
+    return str(path)
+
+
+HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "training_args.bin", "*.pt", "*.pth"]
+
+
+def push_folder_to_hub(folder: str, repo_id: str, token: str | None = None, private: bool | None = None,
+                       commit_message: str = "Upload segmentation model trained with hf_seg"):
+    """Upload the final model folder (weights, config, code, processor, model card, metrics) without checkpoints."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id, folder_path=folder, commit_message=commit_message, ignore_patterns=HUB_IGNORE_PATTERNS
+    )
+
+
+# --------------------------------------------------------------------------------------------------------- train
+
+
+@dataclass
+class TrainResult:
+    trainer: SegmentationTrainer
+    model: Any
+    processor: Any
+    recipe: Recipe
+    metrics: dict
+    output_dir: str
+
+
+def train(
+    model,
+    dataset=None,
+    *,
+    output_dir: str | None = None,
+    training_args: TrainingArguments | dict | None = None,
+    recipe: str | Recipe | None = None,
+    recipe_overrides: dict | None = None,
+    pretrained_encoder: str | None = None,
+    image_processor=None,
+    config_overrides: dict | None = None,
+    train_split: str = "train",
+    eval_split: str | None = "validation",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    id2label=None,
+    reduce_labels: bool | None = None,
+    eval_mode: str | None = None,
+    eval_crop_size=None,
+    eval_stride=None,
+    max_eval_examples: int | None = None,
+    callbacks: list | None = None,
+    resume_from_checkpoint: str | bool | None = None,
+    do_train: bool = True,
+    do_eval: bool = True,
+    dataset_name: str | None = None,
+    dataset_kwargs: dict | None = None,
+) -> TrainResult:
+    """
+    Fine-tune a segmentation model with `transformers.Trainer` and the papers' recipe, evaluate it with the papers'
+    protocol and write a Hub-ready folder (weights, config, model code, processor, `README.md` card, metrics).
+
+    Args:
+        model: a preset name (`hf_seg.list_models()`, random init), a checkpoint folder / Hub id, or a model.
+        dataset: a Hub id, a `save_to_disk` folder, an images/annotations folder (`hf_seg.data.load_segmentation_dataset`)
+            or a `DatasetDict`. Splits `train_split` / `eval_split`.
+        output_dir, training_args: `TrainingArguments` (instance: used as is) or a dict of its fields overriding
+            the recipe's defaults (learning rate, weight decay, steps, total batch size -> per-device batch, warmup).
+            `push_to_hub=True` pushes the final folder (not the checkpoints) to `hub_model_id`.
+        recipe, recipe_overrides: a recipe name / `Recipe` (default: the preset's) and field overrides.
+        pretrained_encoder: ImageNet weights for a preset's encoder (ViT for SETR, `mit-b*` for SegFormer, `mpvit-*`).
+        image_processor: overrides the preset's / checkpoint's processor.
+        config_overrides: model-configuration fields (for presets and checkpoints).
+        reduce_labels: mmseg's reduce_zero_label on the data set's labels (default: the processor's
+            `do_reduce_labels`, e.g. True for the ADE20K presets).
+        eval_mode, eval_crop_size, eval_stride: the test protocol (default: the preset's `inference` settings).
+        resume_from_checkpoint: a checkpoint folder, or True for the newest one in `output_dir`.
+    """
+    if isinstance(training_args, TrainingArguments):
+        set_seed(training_args.seed)
+        seed = training_args.seed
+    else:
+        seed = int((training_args or {}).get("seed", 42))
+        set_seed(seed)  # the model's random initialisation is part of the run
+
+    # labels come from the data set when it names them
+    if id2label is not None:  # a dict, a list of names or a JSON file
+        from ..data.loading import _load_id2label
+
+        id2label = _load_id2label(id2label, None, None)
+    data_id2label = id2label
+    if dataset is not None and id2label is None:
+        data_id2label = _peek_id2label(dataset, train_split, image_column, label_column, dataset_kwargs or {})
+    model, processor, preset_name = build_model_and_processor(
+        model, id2label=data_id2label, config_overrides=config_overrides, pretrained_encoder=pretrained_encoder,
+        image_processor=image_processor,
+    )
+    recipe = _resolve_recipe(recipe, model, preset_name, recipe_overrides)
+    if recipe.auxiliary_loss_weight is not None and hasattr(model.config, "auxiliary_loss_weight"):
+        model.config.auxiliary_loss_weight = recipe.auxiliary_loss_weight
+    args = build_training_arguments(training_args, recipe, output_dir)
+    push_to_hub, args.push_to_hub = args.push_to_hub, False  # the final folder is pushed below, with its card
+    if reduce_labels is None:
+        reduce_labels = bool(getattr(processor, "do_reduce_labels", False))
+
+    train_dataset = eval_dataset = transform = None
+    info = {"image_column": image_column or "image", "label_column": label_column or "label"}
+    if dataset is not None:
+        train_dataset, eval_dataset, transform, info = build_datasets(
+            dataset, recipe, processor, model.config.num_labels, args.seed,
+            train_split=train_split if do_train else None, eval_split=eval_split if do_eval else None,
+            image_column=image_column, label_column=label_column, id2label=id2label, reduce_labels=reduce_labels,
+            **(dataset_kwargs or {}),
+        )
+    eval_settings = _eval_settings(preset_name, eval_mode, eval_crop_size, eval_stride)
+    eval_settings.update(
+        image_column=info["image_column"], label_column=info["label_column"], reduce_labels=reduce_labels,
+        id2label=model.config.id2label, per_category=False, max_examples=max_eval_examples,
+        batch_size=max(1, args.per_device_eval_batch_size),
+    )
+    from ..data import collate_segmentation
+
+    all_callbacks = list(callbacks or [])
+    if transform is not None:
+        all_callbacks.append(AugmentationEpochCallback(transform))
+    trainer = SegmentationTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collate_segmentation,
+        processing_class=processor,
+        callbacks=all_callbacks,
+        recipe=recipe,
+        eval_settings=eval_settings,
+    )
+    metrics: dict = {}
+    if do_train:
+        if train_dataset is None:
+            raise ValueError("training needs a dataset with a training split")
+        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        metrics.update({f"train_{k}" if not k.startswith("train_") else k: v for k, v in result.metrics.items()})
+    if do_eval and eval_dataset is not None:
+        metrics.update(trainer.evaluate(per_category=True))
+    trainer.save_model(args.output_dir)  # on every process: FSDP / DeepSpeed gather the weights; rank 0 writes
+    if trainer.is_world_process_zero():
+        with open(Path(args.output_dir) / "all_results.json", "w", encoding="utf-8") as handle:
+            json.dump(json_ready(metrics), handle, indent=2)
+        with open(Path(args.output_dir) / "recipe.json", "w", encoding="utf-8") as handle:
+            json.dump(recipe.to_dict(), handle, indent=2)
+        write_model_card(
+            args.output_dir, trainer.model if not hasattr(trainer.model, "module") else trainer.model.module,
+            metrics, recipe, dataset_name or (dataset if isinstance(dataset, str) else None), preset_name,
+            pretrained_encoder, args, eval_settings, model_name=args.hub_model_id,
+        )
+        if push_to_hub:
+            repo_id = args.hub_model_id or Path(args.output_dir).name
+            push_folder_to_hub(args.output_dir, repo_id, token=args.hub_token,
+                               private=getattr(args, "hub_private_repo", None))
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(trainer, trainer.model, processor, recipe, metrics, args.output_dir)
+
+
+def _peek_id2label(dataset, split, image_column, label_column, load_kwargs):
+    from datasets import DatasetDict
+
+    from ..data import load_segmentation_dataset
+    from ..data.loading import _detect_column, _load_id2label, IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES
+
+    if isinstance(dataset, DatasetDict):
+        first = next(iter(dataset.values()))
+        image_col = _detect_column(first, image_column, IMAGE_COLUMN_NAMES, "image")
+        label_col = _detect_column(first, label_column, LABEL_COLUMN_NAMES, "label", exclude=image_col)
+        return _load_id2label(None, first, label_col)
+    _, info = load_segmentation_dataset(dataset, image_column=image_column, label_column=label_column, decode=False,
+                                        **load_kwargs)
+    return info["id2label"]
+
+
+def _eval_settings(preset_name, mode, crop_size, stride) -> dict:
+    settings = {}
+    if preset_name is not None:
+        from ..presets import get_preset
+
+        settings.update(get_preset(preset_name).inference)
+    if mode is not None:
+        settings["mode"] = mode
+        if mode == "whole":
+            settings.pop("crop_size", None)
+            settings.pop("stride", None)
+    if crop_size is not None:
+        settings["crop_size"] = crop_size
+    if stride is not None:
+        settings["stride"] = stride
+    settings.setdefault("mode", "whole")
+    return settings
+
+
+def evaluate_model(
+    model,
+    dataset,
+    *,
+    split: str = "validation",
+    image_processor=None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    reduce_labels: bool | None = None,
+    mode: str | None = None,
+    crop_size=None,
+    stride=None,
+    batch_size: int = 4,
+    max_examples: int | None = None,
+    autocast_dtype=None,
+    per_category: bool = True,
+    device: str | None = None,
+    **load_kwargs,
+) -> dict:
+    """`hf-seg evaluate`: a checkpoint (folder / Hub id / model) on a data set split with the papers' protocol.
+    Under `torchrun` / `accelerate launch` each process takes its share and the confusion matrices are summed."""
+    from datasets import DatasetDict
+
+    from ..data import load_segmentation_dataset
+    from ..data.loading import _detect_column, IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES
+
+    model, processor, preset_name = build_model_and_processor(model, image_processor=image_processor)
+    if device is not None:
+        model.to(device)
+    if isinstance(dataset, DatasetDict) or hasattr(dataset, "select"):
+        data = dataset[split] if isinstance(dataset, DatasetDict) else dataset
+        image_column = _detect_column(data, image_column, IMAGE_COLUMN_NAMES, "image")
+        label_column = _detect_column(data, label_column, LABEL_COLUMN_NAMES, "label", exclude=image_column)
+    else:
+        data, info = load_segmentation_dataset(
+            dataset, split=split, image_column=image_column, label_column=label_column, decode=False, **load_kwargs
+        )
+        image_column, label_column = info["image_column"], info["label_column"]
+    if reduce_labels is None:
+        reduce_labels = bool(getattr(processor, "do_reduce_labels", False))
+    settings = _eval_settings(preset_name, mode, crop_size, stride)
+    return evaluate_segmentation(
+        model, processor, data, image_column=image_column, label_column=label_column, reduce_labels=reduce_labels,
+        batch_size=batch_size, autocast_dtype=autocast_dtype, id2label=model.config.id2label,
+        per_category=per_category, max_examples=max_examples, **settings,
+    )
+
+
+__all__ = [
+    "AugmentationEpochCallback",
+    "SegmentationTrainer",
+    "TrainResult",
+    "build_datasets",
+    "build_model_and_processor",
+    "build_training_arguments",
+    "evaluate_model",
+    "push_folder_to_hub",
+    "train",
+    "write_model_card",
+]
