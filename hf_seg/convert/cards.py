@@ -22,6 +22,9 @@ PAPERS = {
                   "(Xie et al., NeurIPS 2021)", "https://arxiv.org/abs/2105.15203"),
 }
 PAPERS["mit"] = PAPERS["segformer"]
+PAPERS["mpvit"] = ("MPViT: Multi-Path Vision Transformer for Dense Prediction (Lee et al., CVPR 2022)",
+                   "https://arxiv.org/abs/2112.11010")
+PAPERS["upernet"] = PAPERS["mpvit"]  # the upernet-mpvit-* presets
 
 _NVIDIA = "NVIDIA Source Code License for SegFormer (non-commercial use only)"
 SOURCES = {
@@ -33,6 +36,14 @@ SOURCES = {
                                        f"Apache-2.0 (mmsegmentation); the SegFormer design: {_NVIDIA}", _NVIDIA),
 }
 SOURCES[("mit", "original")] = SOURCES[("segformer", "original")]
+_MPVIT_LICENSE = "GPL-3.0, or ETRI's commercial license (dual license, the repository's LICENSE.md)"
+SOURCES[("mpvit", "original")] = SourceInfo("https://github.com/youngwanLEE/MPViT", _MPVIT_LICENSE, _MPVIT_LICENSE)
+SOURCES[("upernet", "original")] = SOURCES[("mpvit", "original")]
+
+# Preset families whose models are ImageNet classifiers.
+CLASSIFIER_FAMILIES = ("mit", "mpvit")
+# Hub license identifiers of the model cards, per family (SETR: per source layout).
+LICENSE_IDS = {"segformer": "other", "mit": "other", "mpvit": "gpl-3.0", "upernet": "gpl-3.0"}
 
 DATASETS = {
     "ade20k": "ADE20K (SceneParsing, 150 classes, reduce_labels)",
@@ -75,6 +86,14 @@ REPORTED = {
     ("segformer-b3-cityscapes-1024", "mmseg"): "81.94 / 83.14 (metafile)",
     ("segformer-b4-cityscapes-1024", "mmseg"): "81.89 / 83.38 (metafile)",
     ("segformer-b5-cityscapes-1024", "mmseg"): "82.25 / 83.48 (metafile)",
+    ("upernet-mpvit-small-ade20k-512", "original"): ("48.3 (single scale; evaluation log 48.25) "
+                                                     "(semantic_segmentation/README.md)"),
+    ("upernet-mpvit-base-ade20k-512", "original"): "50.3 (single scale) (semantic_segmentation/README.md)",
+    # ImageNet-1k classifiers: top-1 accuracy at 224x224 (README.md)
+    ("mpvit-tiny", "original"): "78.2",
+    ("mpvit-xsmall", "original"): "80.9",
+    ("mpvit-small", "original"): "83.0",
+    ("mpvit-base", "original"): "84.3",
 }
 
 # (family, source layout) -> max |logit difference| measured by tests/test_convert_*.py against the reference.
@@ -84,6 +103,30 @@ PARITY = {
     ("segformer", "original"): ("max |Δlogit| 4.5e-07, fp32, random weights, against mmsegmentation 1.2.2's MiT (through its mit2mmseg converter) + the authors' head re-implemented"),
     ("segformer", "mmseg"): "max |Δlogit| 3.0e-08, fp32, random weights, against mmsegmentation 1.2.2",
     ("mit", "original"): ("max |Δlogit| 1.8e-06, fp32, random weights, against mmsegmentation 1.2.2's MiT (through its mit2mmseg converter) + mean pooling + the authors' head"),
+    ("mpvit", "original"): ("max |Δlogit| 1.6e-05 (real-size mpvit-tiny, 1000 classes; 1.1e-06 on a tiny variant), fp32, "
+                            "random weights, against a functional re-implementation of the authors' MPViT that reads "
+                            "their keys (no MPViT package exists)"),
+    ("upernet", "original"): ("max |Δlogit| 1.9e-06 (tiny variant; auxiliary head 9.5e-07), fp32, random weights, "
+                              "against a functional re-implementation of the authors' backbone + mmsegmentation "
+                              "1.2.2's UPerHead and FCNHead"),
+}
+
+# Per-preset figures where they were measured at the preset's real size: MPViT (`python tests/test_convert_mpvit.py`;
+# random weights with the BatchNorm statistics of a random batch, fp32, inputs 64x64 and 56x88). With random
+# statistics the deep variants' logits grow to std ~80 (Small) / ~700 (Base) and the differences with them (2.7e-04 /
+# 2.3e-03, 3e-6 of the logit scale); conversion/README.md lists both.
+_MPVIT_REFERENCE = ("fp32, random weights, against a functional re-implementation of the authors' MPViT that reads "
+                    "their keys (no MPViT package exists)")
+_UPERNET_REFERENCE = _MPVIT_REFERENCE + " + mmsegmentation 1.2.2's UPerHead"
+PRESET_PARITY = {
+    ("mpvit-tiny", "original"): f"max |Δlogit| 7.0e-06, {_MPVIT_REFERENCE}",
+    ("mpvit-xsmall", "original"): f"max |Δlogit| 6.7e-06, {_MPVIT_REFERENCE}",
+    ("mpvit-small", "original"): f"max |Δlogit| 4.1e-06, {_MPVIT_REFERENCE}",
+    ("mpvit-base", "original"): f"max |Δlogit| 5.5e-06, {_MPVIT_REFERENCE}",
+    ("upernet-mpvit-tiny-ade20k-512", "original"): f"max |Δlogit| 2.9e-06, {_UPERNET_REFERENCE}",
+    ("upernet-mpvit-xsmall-ade20k-512", "original"): f"max |Δlogit| 4.7e-06, {_UPERNET_REFERENCE}",
+    ("upernet-mpvit-small-ade20k-512", "original"): f"max |Δlogit| 2.2e-06, {_UPERNET_REFERENCE}",
+    ("upernet-mpvit-base-ade20k-512", "original"): f"max |Δlogit| 2.5e-06, {_UPERNET_REFERENCE}",
 }
 
 TEMPLATE = """---
@@ -104,7 +147,7 @@ datasets:
 - **Paper:** {paper} — {paper_url}
 - **Source:** {repository}; converted file `{checkpoint}`
 - **Dataset:** {dataset}
-- **Reported mIoU (source):** {reported}
+- **Reported {metric} (source):** {reported}
 - **Parity:** {parity}
 - **License of the source code:** {code_license}
 - **License of the weights:** {weights_license}
@@ -137,9 +180,9 @@ def model_card(*, name, preset, layout, checkpoint, model_class, dropped, repo_h
     if inference.get("mode") == "slide":
         protocol = f" (crop {inference['crop_size']}, stride {inference['stride']})"
     dropped_text = "; ".join(f"{len(keys)} keys ({reason})" for reason, keys in dropped.items()) or "none"
-    classification = family == "mit"
+    classification = family in CLASSIFIER_FAMILIES
     return TEMPLATE.format(
-        license_id="other" if family in ("segformer", "mit") else ("mit" if layout == "original" else "apache-2.0"),
+        license_id=LICENSE_IDS.get(family, "mit" if layout == "original" else "apache-2.0"),
         task_tag="image-classification" if classification else "image-segmentation",
         family=family,
         dataset_id={"ade20k": "scene_parse_150", "cityscapes": "cityscapes", None: "imagenet-1k"}.get(
@@ -152,8 +195,9 @@ def model_card(*, name, preset, layout, checkpoint, model_class, dropped, repo_h
         paper_url=paper_url,
         checkpoint=checkpoint,
         dataset=DATASETS.get(preset.label_set, preset.label_set),
+        metric="ImageNet-1k top-1 (%)" if classification else "mIoU",
         reported=REPORTED.get((preset.name, layout), "not stated by the source for this variant"),
-        parity=PARITY[(family, layout)],
+        parity=PRESET_PARITY.get((preset.name, layout), PARITY[(family, layout)]),
         code_license=source.code_license,
         weights_license=source.weights_license,
         auto_model="AutoModelForImageClassification" if classification else "AutoModelForSemanticSegmentation",

@@ -8,7 +8,7 @@
 preset, writes `config.json` (with the dataset's `id2label`), `model.safetensors`, `preprocessor_config.json`, the
 model code for `trust_remote_code` and a `README.md` model card, optionally prints the predicted classes of an image
 and uploads the folder. Every failure is one line on stderr starting with "error:" and exit status 1.
-A new family (MPViT) registers a `FamilyConverter` in `CONVERTERS`.
+Each family (SETR, SegFormer / MiT, MPViT) registers a `FamilyConverter` in `CONVERTERS`.
 """
 
 import argparse
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .common import ConversionError, ConvertedCheckpoint
+from .common import ConversionError, ConvertedCheckpoint, listing
 from .io import load_state_dict, one_line
 
 
@@ -45,10 +45,21 @@ def _convert_segformer(state_dict, preset, id2label, source) -> ConvertedCheckpo
                                         id2label=id2label, source=source)
 
 
+def _convert_mpvit(state_dict, preset, id2label, source) -> ConvertedCheckpoint:
+    from .mpvit import convert_mpvit_checkpoint, mpvit_task
+
+    return convert_mpvit_checkpoint(state_dict, preset.config, preset_name=preset.name,
+                                    task=mpvit_task(preset.family), id2label=id2label, source=source)
+
+
 CONVERTERS: dict[str, FamilyConverter] = {
     "setr": FamilyConverter(("setr",), _convert_setr),
     "segformer": FamilyConverter(("segformer", "mit"), _convert_segformer),
+    "mpvit": FamilyConverter(("mpvit", "upernet"), _convert_mpvit),
 }
+
+# Preset families whose models are ImageNet classifiers (AutoModelForImageClassification).
+CLASSIFIER_FAMILIES = ("mit", "mpvit")
 
 
 def build_parser(family: str) -> argparse.ArgumentParser:
@@ -96,7 +107,7 @@ def verify(output_dir: Path, image_path: str, preset, top_k: int = 5) -> list[tu
 
     image = Image.open(image_path).convert("RGB")
     processor = AutoImageProcessor.from_pretrained(output_dir)
-    if preset.family == "mit":
+    if preset.family in CLASSIFIER_FAMILIES:
         model = AutoModelForImageClassification.from_pretrained(output_dir).eval()
         with torch.no_grad():
             probabilities = model(**processor(image, return_tensors="pt")).logits.softmax(-1)[0]
@@ -166,7 +177,7 @@ def main(family: str, argv: list[str] | None = None) -> int:
         print(f"converted {args.checkpoint} ({summary['layout']} layout) -> {args.output_dir} "
               f"({', '.join(summary['files'])})")
         for reason, keys in summary["dropped"].items():
-            print(f"dropped {len(keys)} source keys on purpose: {', '.join(keys)} -- {reason}")
+            print(f"dropped {len(keys)} source keys on purpose: {listing(keys)} -- {reason}")
         if args.verify:
             for label, share in verify(Path(args.output_dir), args.verify, summary["preset"]):
                 print(f"predicted: {label!r} {share:.1%}")
