@@ -377,7 +377,7 @@ _DELEGATED = {
     "quickstart": ("hf_seg.training", "quickstart_main",
                    "train a tiny model on the bundled dataset on CPU in minutes, evaluate it, draw overlays"),
 }
-_CONVERT = ("hf_seg.convert.cli", "main")  # main(family, argv)
+_CONVERT = ("hf_seg.convert.cli", "main")  # main(family, argv, prog)
 FAMILIES = ("setr", "segformer", "mpvit")
 
 
@@ -522,7 +522,7 @@ def _run(args) -> int:
             family, rest = args.arguments[0], args.arguments[1:]
             if family not in FAMILIES:
                 raise CliError(f"unknown family {family!r} for convert; choose from {', '.join(FAMILIES)}", EXIT_USAGE)
-            return _delegate(module_name, function_name, (family, rest), f"convert {family}")
+            return _delegate(module_name, function_name, (family, rest, f"{PROG} convert {family}"), f"convert {family}")
         return _delegate(module_name, function_name, (list(args.arguments),), args.command)
     return args.handler(args)
 

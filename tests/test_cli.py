@@ -225,13 +225,25 @@ def test_training_commands_pass_their_arguments_through(capsys, monkeypatch, com
 def test_convert_passes_family_and_arguments(capsys, monkeypatch):
     calls = []
     fake = types.ModuleType("hf_seg.convert.cli")
-    fake.main = lambda family, argv: calls.append((family, argv)) or 0
+    fake.main = lambda family, argv, prog: calls.append((family, argv, prog)) or 0
     monkeypatch.setitem(sys.modules, "hf_seg.convert.cli", fake)
     assert cli.main(["convert", "setr", "--checkpoint", "a.pth", "--help"]) == 0
-    assert calls == [("setr", ["--checkpoint", "a.pth", "--help"])]
+    assert calls == [("setr", ["--checkpoint", "a.pth", "--help"], "hf-seg convert setr")]
     status, _, err = _run(capsys, "convert", "vit", "--checkpoint", "a.pth")
     assert status == 2
     _assert_one_line_error(err, "unknown family 'vit'")
+
+
+@pytest.mark.parametrize("argv, usage", [
+    (["train", "--help"], "usage: hf-seg train"), (["evaluate", "--help"], "usage: hf-seg evaluate"),
+    (["quickstart", "--help"], "usage: hf-seg quickstart"), (["convert", "mpvit", "--help"], "usage: hf-seg convert mpvit"),
+])
+def test_delegated_help_is_the_real_one_under_the_hf_seg_name(capsys, argv, usage):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(usage) and "--help" in out
 
 
 def test_missing_delegate_is_a_clear_error(capsys, monkeypatch):

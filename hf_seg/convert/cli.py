@@ -62,9 +62,9 @@ CONVERTERS: dict[str, FamilyConverter] = {
 CLASSIFIER_FAMILIES = ("mit", "mpvit")
 
 
-def build_parser(family: str) -> argparse.ArgumentParser:
+def build_parser(family: str, prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=f"convert_{family}.py",
+        prog=prog or f"convert_{family}.py",
         description=f"Convert an authors' or mmsegmentation 1.x {family} checkpoint into a Hugging Face folder.",
     )
     parser.add_argument("--checkpoint", required=True, help=".pth/.pt/.bin (torch.load weights_only) or .safetensors")
@@ -169,9 +169,10 @@ def convert(family: str, checkpoint: str, model_name: str, output_dir: str, sour
     return dict(preset=preset, layout=converted.source, dropped=converted.dropped, files=files)
 
 
-def main(family: str, argv: list[str] | None = None) -> int:
-    """Entry point of `conversion/convert_<family>.py` (and `hf-seg convert`): 0 on success, 1 on any error."""
-    args = build_parser(family).parse_args(argv)
+def main(family: str, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Entry point of `conversion/convert_<family>.py` (and `hf-seg convert`, which passes its own `prog` for the
+    usage line): 0 on success, 1 on any error."""
+    args = build_parser(family, prog).parse_args(argv)
     try:
         summary = convert(family, args.checkpoint, args.model_name, args.output_dir, args.source)
         print(f"converted {args.checkpoint} ({summary['layout']} layout) -> {args.output_dir} "

@@ -88,7 +88,7 @@ def parse_train_args(argv: list[str] | None = None):
     """`(model_args, data_args, recipe_args, training_args_dict)`: the dict holds only the explicitly given
     `TrainingArguments` fields, with their parsed values."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, RecipeArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, RecipeArguments, TrainingArguments), prog="hf-seg train")
     model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(
         args=argv, look_for_args_file=False
     )
@@ -197,7 +197,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from .evaluation import json_ready
     from .trainer import evaluate_model
 
-    (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(
+    (args,) = HfArgumentParser(EvaluateArguments, prog="hf-seg evaluate").parse_args_into_dataclasses(
         args=list(sys.argv[1:] if argv is None else argv), look_for_args_file=False
     )
     state = PartialState()  # initialises torch.distributed under torchrun / accelerate launch
