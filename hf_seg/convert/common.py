@@ -26,7 +26,8 @@ class ConversionError(ValueError):
 class Rule:
     """A source-key pattern (full match, named groups) and either a target template filled from the groups or a
     transform `(groups, tensor) -> [(target key, tensor), ...]`. A transform returning `[]` leaves the key
-    unconsumed (it is then reported)."""
+    unconsumed (it is then reported). An optional group that takes no part in the match reads "0" (e.g. mmseg's
+    single `auxiliary_head.*` is auxiliary head 0)."""
 
     pattern: str
     target: str | Callable[[dict, torch.Tensor], Converted]
@@ -35,7 +36,7 @@ class Rule:
         match = re.fullmatch(self.pattern, key)
         if match is None:
             return None
-        groups = dict(match.groupdict())
+        groups = match.groupdict(default="0")
         if callable(self.target):
             return self.target(groups, tensor)
         return [(self.target.format(**groups), tensor)]

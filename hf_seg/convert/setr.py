@@ -1,5 +1,6 @@
 # Copyright 2026 The hf_seg authors. Licensed under the Apache License, Version 2.0.
-"""mmsegmentation 1.x SETR state dicts -> hf_seg's `SetrForSemanticSegmentation` (pure functions, no I/O).
+"""SETR state dicts of mmsegmentation 1.x and of the authors (fudan-zvg/SETR) -> hf_seg's `SetrForSemanticSegmentation`
+(pure functions, no I/O; the authors' layout is described further down).
 
 Source layout: what mmseg 1.x's `EncoderDecoder.state_dict()` gives (and what its checkpoints hold under
 `state_dict`): `backbone.*` (`VisionTransformer`), `neck.*` (`MLANeck`, MLA only), `decode_head.*` (`SETRUPHead` or
@@ -21,15 +22,27 @@ The mapping is a rename table plus three real transforms:
 biases) and takes what it cannot (which encoder layers feed the heads, upsampling factors, number of heads) from
 arguments whose defaults are mmseg 1.x's SETR configs (`configs/setr/*.py`, `configs/_base_/models/setr_*.py`).
 `convert_mmseg_setr_state_dict` is strict: every source key is consumed, every target key is filled and every shape
-matches, otherwise a `ValueError` names the offending keys.
+matches, otherwise a `ConversionError` (a `ValueError`) names the offending keys.
 """
 
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
+
+from .common import (
+    ConversionError,
+    ConvertedCheckpoint,
+    Converted,
+    Rule,
+    apply_rules,
+    check_fits_preset,
+    detect_layout,
+    indexed,
+    model_shapes,
+    require,
+)
 
 
 # What mmseg 1.x's SETR configs set and a state dict cannot tell: the backbone's `out_indices`, the decode head's
@@ -40,40 +53,18 @@ MMSEG_SETR_DEFAULTS = {
     "mla": dict(out_indices=(5, 11, 17, 23)),
 }
 MMSEG_SETRUPHEAD_UP_SCALE = 4
+MMSEG, ORIGINAL = "mmsegmentation 1.x SETR", "fudan-zvg/SETR"
 
 _PARAM = r"(?P<param>weight|bias)"
 _BN_PARAM = r"(?P<param>weight|bias|running_mean|running_var|num_batches_tracked)"
 _AUX = r"auxiliary_head\.(?:(?P<aux>\d+)\.)?"  # a list of heads (`.{k}.`) or a single head (index 0)
 
-Converted = list[tuple[str, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """A source-key pattern (full match, named groups) and either a target template filled from the groups or a
-    transform `(groups, tensor) -> [(target key, tensor), ...]`."""
-
-    pattern: str
-    target: str | Callable[[dict, torch.Tensor], Converted]
-
-    def apply(self, key: str, tensor: torch.Tensor) -> Converted | None:
-        match = re.fullmatch(self.pattern, key)
-        if match is None:
-            return None
-        groups = dict(match.groupdict())
-        if "aux" in groups and groups["aux"] is None:
-            groups["aux"] = "0"
-        if callable(self.target):
-            return self.target(groups, tensor)
-        return [(self.target.format(**groups), tensor)]
-
-
-def _conv_module(source: str, target: str) -> list[_Rule]:
+def _conv_module(source: str, target: str) -> list[Rule]:
     """mmcv `ConvModule` (`conv`, `bn`) -> hf_seg's `SetrConvModule` (`conv`, `batch_norm`). `source` is a
     key-prefix pattern and `target` a key-prefix template, both ending with the dot."""
     return [
-        _Rule(rf"{source}conv\.{_PARAM}", f"{target}conv.{{param}}"),
-        _Rule(rf"{source}bn\.{_BN_PARAM}", f"{target}batch_norm.{{param}}"),
+        Rule(rf"{source}conv\.{_PARAM}", f"{target}conv.{{param}}"),
+        Rule(rf"{source}bn\.{_BN_PARAM}", f"{target}batch_norm.{{param}}"),
     ]
 
 
@@ -114,64 +105,48 @@ def _reverse_input_blocks(num_levels: int) -> Callable[[dict, torch.Tensor], Con
     return permute
 
 
-def _rules(decoder_type: str, num_levels: int) -> list[_Rule]:
+def _rules(decoder_type: str, num_levels: int) -> list[Rule]:
     rules = [
-        _Rule(r"backbone\.cls_token", "setr.embeddings.cls_token"),
-        _Rule(r"backbone\.pos_embed", "setr.embeddings.position_embeddings"),
-        _Rule(rf"backbone\.patch_embed\.projection\.{_PARAM}", "setr.embeddings.projection.{param}"),
-        _Rule(rf"backbone\.layers\.(?P<i>\d+)\.ln1\.{_PARAM}", "setr.layers.{i}.layernorm_before.{param}"),
-        _Rule(rf"backbone\.layers\.(?P<i>\d+)\.attn\.attn\.in_proj_{_PARAM}", _split_qkv),
-        _Rule(rf"backbone\.layers\.(?P<i>\d+)\.attn\.attn\.out_proj\.{_PARAM}",
+        Rule(r"backbone\.cls_token", "setr.embeddings.cls_token"),
+        Rule(r"backbone\.pos_embed", "setr.embeddings.position_embeddings"),
+        Rule(rf"backbone\.patch_embed\.projection\.{_PARAM}", "setr.embeddings.projection.{param}"),
+        Rule(rf"backbone\.layers\.(?P<i>\d+)\.ln1\.{_PARAM}", "setr.layers.{i}.layernorm_before.{param}"),
+        Rule(rf"backbone\.layers\.(?P<i>\d+)\.attn\.attn\.in_proj_{_PARAM}", _split_qkv),
+        Rule(rf"backbone\.layers\.(?P<i>\d+)\.attn\.attn\.out_proj\.{_PARAM}",
               "setr.layers.{i}.attention.o_proj.{param}"),
-        _Rule(rf"backbone\.layers\.(?P<i>\d+)\.ln2\.{_PARAM}", "setr.layers.{i}.layernorm_after.{param}"),
-        _Rule(rf"backbone\.layers\.(?P<i>\d+)\.ffn\.layers\.0\.0\.{_PARAM}", "setr.layers.{i}.mlp.fc1.{param}"),
-        _Rule(rf"backbone\.layers\.(?P<i>\d+)\.ffn\.layers\.1\.{_PARAM}", "setr.layers.{i}.mlp.fc2.{param}"),
+        Rule(rf"backbone\.layers\.(?P<i>\d+)\.ln2\.{_PARAM}", "setr.layers.{i}.layernorm_after.{param}"),
+        Rule(rf"backbone\.layers\.(?P<i>\d+)\.ffn\.layers\.0\.0\.{_PARAM}", "setr.layers.{i}.mlp.fc1.{param}"),
+        Rule(rf"backbone\.layers\.(?P<i>\d+)\.ffn\.layers\.1\.{_PARAM}", "setr.layers.{i}.mlp.fc2.{param}"),
     ]
     if decoder_type == "mla":
         rules += [
-            _Rule(rf"neck\.norm\.(?P<i>\d+)\.{_PARAM}", "neck.layer_norms.{i}.{param}"),
+            Rule(rf"neck\.norm\.(?P<i>\d+)\.{_PARAM}", "neck.layer_norms.{i}.{param}"),
             *_conv_module(r"neck\.mla\.channel_proj\.(?P<i>\d+)\.", "neck.lateral_convs.{i}."),
-            _Rule(rf"neck\.mla\.feat_extract\.(?P<level>\d+)\.conv\.{_PARAM}",
+            Rule(rf"neck\.mla\.feat_extract\.(?P<level>\d+)\.conv\.{_PARAM}",
                   _reversed(num_levels, "neck.output_convs.{level}.conv.{param}")),
-            _Rule(rf"neck\.mla\.feat_extract\.(?P<level>\d+)\.bn\.{_BN_PARAM}",
+            Rule(rf"neck\.mla\.feat_extract\.(?P<level>\d+)\.bn\.{_BN_PARAM}",
                   _reversed(num_levels, "neck.output_convs.{level}.batch_norm.{param}")),
-            _Rule(rf"decode_head\.up_convs\.(?P<level>\d+)\.(?P<j>[01])\.conv\.{_PARAM}",
+            Rule(rf"decode_head\.up_convs\.(?P<level>\d+)\.(?P<j>[01])\.conv\.{_PARAM}",
                   _reversed(num_levels, "decode_head.branches.{level}.{j}.conv.{param}")),
-            _Rule(rf"decode_head\.up_convs\.(?P<level>\d+)\.(?P<j>[01])\.bn\.{_BN_PARAM}",
+            Rule(rf"decode_head\.up_convs\.(?P<level>\d+)\.(?P<j>[01])\.bn\.{_BN_PARAM}",
                   _reversed(num_levels, "decode_head.branches.{level}.{j}.batch_norm.{param}")),
-            _Rule(r"decode_head\.conv_seg\.weight", _reverse_input_blocks(num_levels)),
-            _Rule(r"decode_head\.conv_seg\.bias", "decode_head.classifier.bias"),
+            Rule(r"decode_head\.conv_seg\.weight", _reverse_input_blocks(num_levels)),
+            Rule(r"decode_head\.conv_seg\.bias", "decode_head.classifier.bias"),
             # FCNHead auxiliary heads on the neck outputs (num_convs=0 in the configs: the classifier only)
             *_conv_module(rf"{_AUX}convs\.(?P<i>\d+)\.", "auxiliary_heads.{aux}.convs.{i}."),
-            _Rule(rf"{_AUX}conv_seg\.{_PARAM}", "auxiliary_heads.{aux}.classifier.{param}"),
+            Rule(rf"{_AUX}conv_seg\.{_PARAM}", "auxiliary_heads.{aux}.classifier.{param}"),
         ]
     else:
         for source, target in ((r"decode_head\.", "decode_head."), (_AUX, "auxiliary_heads.{aux}.")):
             rules += [
-                _Rule(rf"{source}norm\.{_PARAM}", f"{target}layer_norm.{{param}}"),
+                Rule(rf"{source}norm\.{_PARAM}", f"{target}layer_norm.{{param}}"),
                 *_conv_module(rf"{source}up_convs\.(?P<i>\d+)\.0\.", f"{target}convs.{{i}}."),
-                _Rule(rf"{source}conv_seg\.{_PARAM}", f"{target}classifier.{{param}}"),
+                Rule(rf"{source}conv_seg\.{_PARAM}", f"{target}classifier.{{param}}"),
             ]
     return rules
 
 
 # --- configuration ---------------------------------------------------------------------------------------------------
-
-
-def _indexed(state_dict: Mapping[str, torch.Tensor], pattern: str) -> dict[int, torch.Tensor]:
-    """{index: tensor} for the keys matching `pattern`, whose single group is an integer index."""
-    found = {}
-    for key, tensor in state_dict.items():
-        match = re.fullmatch(pattern, key)
-        if match:
-            found[int(match.group(1))] = tensor
-    return dict(sorted(found.items()))
-
-
-def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise ValueError(f"not an mmsegmentation 1.x SETR state dict: key {key!r} is missing")
-    return state_dict[key]
 
 
 def _auxiliary_heads(state_dict: Mapping[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
@@ -189,7 +164,7 @@ def detect_mmseg_setr_decoder(state_dict: Mapping[str, torch.Tensor]) -> str:
     config) and "pup" for anything else (mmseg's PUP config has four 3x3 convolutions)."""
     if any(key.startswith("neck.") for key in state_dict):
         return "mla"
-    convs = _indexed(state_dict, r"decode_head\.up_convs\.(\d+)\.0\.conv\.weight")
+    convs = indexed(state_dict, r"decode_head\.up_convs\.(\d+)\.0\.conv\.weight")
     if not convs:
         raise ValueError("not an mmsegmentation 1.x SETR state dict: no neck.* and no decode_head.up_convs.* keys")
     return "naive" if len(convs) == 1 and convs[0].shape[-1] == 1 else "pup"
@@ -234,10 +209,10 @@ def setr_config_overrides_for_mmseg(
         raise ValueError(f"decoder_type={decoder_type!r} is not one of {tuple(MMSEG_SETR_DEFAULTS)}")
     defaults = MMSEG_SETR_DEFAULTS[decoder_type]
 
-    patch_weight = _require(state_dict, "backbone.patch_embed.projection.weight")
-    position_embeddings = _require(state_dict, "backbone.pos_embed")
+    patch_weight = require(state_dict, "backbone.patch_embed.projection.weight", MMSEG)
+    position_embeddings = require(state_dict, "backbone.pos_embed", ORIGINAL)
     hidden_size, num_channels, patch_size = patch_weight.shape[0], patch_weight.shape[1], patch_weight.shape[-1]
-    layers = _indexed(state_dict, r"backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.weight")
+    layers = indexed(state_dict, r"backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.weight")
     if not layers:
         raise ValueError("not an mmsegmentation 1.x SETR state dict: no backbone.layers.{i}.ffn.layers.0.0.weight")
     if image_size is None:
@@ -262,10 +237,10 @@ def setr_config_overrides_for_mmseg(
     out_indices = list(defaults["out_indices"] if out_indices is None else out_indices)
 
     if decoder_type == "mla":
-        lateral = _require(state_dict, "neck.mla.channel_proj.0.conv.weight")
-        branch = _require(state_dict, "decode_head.up_convs.0.0.conv.weight")
-        classifier = _require(state_dict, "decode_head.conv_seg.weight")
-        num_levels = len(_indexed(state_dict, r"neck\.mla\.channel_proj\.(\d+)\.conv\.weight"))
+        lateral = require(state_dict, "neck.mla.channel_proj.0.conv.weight", MMSEG)
+        branch = require(state_dict, "decode_head.up_convs.0.0.conv.weight", MMSEG)
+        classifier = require(state_dict, "decode_head.conv_seg.weight", MMSEG)
+        num_levels = len(indexed(state_dict, r"neck\.mla\.channel_proj\.(\d+)\.conv\.weight"))
         if len(out_indices) != num_levels:
             raise ValueError(f"out_indices={out_indices} must name one encoder layer per MLA neck input "
                              f"({num_levels} inputs)")
@@ -277,7 +252,7 @@ def setr_config_overrides_for_mmseg(
             mla_classifier_kernel_size=classifier.shape[-1],
         )
     else:
-        convs = _indexed(state_dict, r"decode_head\.up_convs\.(\d+)\.0\.conv\.weight")
+        convs = indexed(state_dict, r"decode_head\.up_convs\.(\d+)\.0\.conv\.weight")
         decode_in_index = defaults["decode_in_index"] if decode_in_index is None else decode_in_index
         overrides.update(
             decoder_in_index=out_indices[decode_in_index],
@@ -305,7 +280,7 @@ def setr_config_overrides_for_mmseg(
                              "SetrConfig describes all auxiliary heads with one set of fields")
         head = heads[0]
         setr_up_head = "norm.weight" in head  # SETRUPHead (Naive/PUP); FCNHead (MLA) has no LayerNorm
-        convs = _indexed(head, r"up_convs\.(\d+)\.0\.conv\.weight" if setr_up_head else r"convs\.(\d+)\.conv\.weight")
+        convs = indexed(head, r"up_convs\.(\d+)\.0\.conv\.weight" if setr_up_head else r"convs\.(\d+)\.conv\.weight")
         if decoder_type == "mla":
             num_levels = len(out_indices)
             overrides["auxiliary_in_indices"] = [num_levels - 1 - index for index in auxiliary_in_index]
@@ -334,15 +309,7 @@ def setr_target_shapes(config) -> dict[str, torch.Size]:
     """Key -> shape of `SetrForSemanticSegmentation(config).state_dict()`, built on the meta device (no memory)."""
     from ..models.setr.modeling_setr import SetrForSemanticSegmentation
 
-    with torch.device("meta"):
-        model = SetrForSemanticSegmentation(config)
-    return {key: tensor.shape for key, tensor in model.state_dict().items()}
-
-
-def _listing(keys, limit: int = 20) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return model_shapes(SetrForSemanticSegmentation, config)
 
 
 def convert_mmseg_setr_state_dict(
@@ -362,41 +329,13 @@ def convert_mmseg_setr_state_dict(
     Tensors are passed through unchanged (not copied) except the split and permuted ones.
     """
     num_levels = len(config.mla_in_indices) if config.decoder_type == "mla" else 0
-    rules = _rules(config.decoder_type, num_levels)
-    converted: dict[str, torch.Tensor] = {}
-    sources: dict[str, str] = {}
-    unconsumed, duplicated = [], []
-    for key, tensor in state_dict.items():
-        if drop_auxiliary_heads and key.startswith("auxiliary_head."):
-            continue
-        outputs = next((out for rule in rules if (out := rule.apply(key, tensor)) is not None), None)
-        if not outputs:
-            unconsumed.append(key)
-            continue
-        for target_key, target_tensor in outputs:
-            if target_key in converted:
-                duplicated.append(f"{target_key} (from {sources[target_key]} and {key})")
-            converted[target_key], sources[target_key] = target_tensor, key
-
     expected = setr_target_shapes(config) if target_shapes is None else target_shapes
-    missing = [key for key in expected if key not in converted]
-    unexpected = [f"{key} (from {sources[key]})" for key in converted if key not in expected]
-    mismatched = [
-        f"{key} (from {sources[key]}): {tuple(converted[key].shape)} vs {tuple(expected[key])}"
-        for key in converted
-        if key in expected and tuple(converted[key].shape) != tuple(expected[key])
-    ]
-    problems = [
-        (unconsumed, "source keys with no place in hf_seg's SETR"),
-        (unexpected, "converted keys the hf_seg model does not have (check the config: layers, heads)"),
-        (duplicated, "target keys filled twice"),
-        (missing, "hf_seg keys the source does not provide"),
-        (mismatched, "shape mismatches (source vs hf_seg)"),
-    ]
-    message = "; ".join(f"{len(keys)} {what}: {_listing(keys)}" for keys, what in problems if keys)
-    if message:
-        raise ValueError(f"mmseg SETR -> hf_seg SETR ({config.decoder_type}) conversion failed: {message}")
-    return {key: converted[key] for key in expected}
+    drop = {r"auxiliary_head\..*": "auxiliary heads not converted (drop_auxiliary_heads=True)"} if drop_auxiliary_heads else None
+    converted, _ = apply_rules(
+        state_dict, _rules(config.decoder_type, num_levels), expected,
+        what=f"mmseg SETR -> hf_seg SETR ({config.decoder_type}) conversion failed", drop=drop,
+    )
+    return converted
 
 
 # --- the authors' layout (fudan-zvg/SETR, an mmseg 0.6 fork) ---------------------------------------------------------
@@ -422,8 +361,6 @@ SETR_LAYOUT_SIGNATURES = {
 
 def detect_setr_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     """"original" (fudan-zvg/SETR) or "mmseg" (mmsegmentation 1.x), from the encoder's key names."""
-    from .common import detect_layout
-
     return detect_layout(state_dict, SETR_LAYOUT_SIGNATURES, "SETR")
 
 
@@ -431,7 +368,7 @@ def detect_original_setr_decoder(state_dict: Mapping[str, torch.Tensor]) -> str:
     """"mla" (an MLA head), "pup" (five head convolutions conv_0..conv_4) or "naive" (conv_0, conv_1)."""
     if any(key.startswith("decode_head.mlahead.") for key in state_dict):
         return "mla"
-    convs = _indexed(state_dict, r"decode_head\.conv_(\d+)\.weight")
+    convs = indexed(state_dict, r"decode_head\.conv_(\d+)\.weight")
     if not convs:
         raise ValueError("not a fudan-zvg/SETR state dict: no decode_head.mlahead.* and no decode_head.conv_{i}.*")
     return "pup" if len(convs) == 5 else "naive"
@@ -455,12 +392,11 @@ def setr_config_overrides_for_original(state_dict: Mapping[str, torch.Tensor]) -
     layers the heads read, attention heads, upsampling factors) comes from the preset. `num_labels` is included so
     that the caller can compare it with the preset's label set.
     """
-    what = "fudan-zvg/SETR"
-    patch_weight = _require(state_dict, "backbone.patch_embed.proj.weight")
-    position_embeddings = _require(state_dict, "backbone.pos_embed")
-    layers = _indexed(state_dict, r"backbone\.blocks\.(\d+)\.mlp\.fc1\.weight")
+    patch_weight = require(state_dict, "backbone.patch_embed.proj.weight", ORIGINAL)
+    position_embeddings = require(state_dict, "backbone.pos_embed", ORIGINAL)
+    layers = indexed(state_dict, r"backbone\.blocks\.(\d+)\.mlp\.fc1\.weight")
     if not layers:
-        raise ValueError(f"not a {what} state dict: no backbone.blocks.{{i}}.mlp.fc1.weight")
+        raise ConversionError(f"not a {ORIGINAL} state dict: no backbone.blocks.{{i}}.mlp.fc1.weight")
     grid = math.isqrt(position_embeddings.shape[1] - 1)
     if grid * grid != position_embeddings.shape[1] - 1:
         raise ValueError(f"backbone.pos_embed has {position_embeddings.shape[1] - 1} patch positions, not a square "
@@ -479,9 +415,9 @@ def setr_config_overrides_for_original(state_dict: Mapping[str, torch.Tensor]) -
         decoder_type=decoder_type,
     )
     if decoder_type == "mla":
-        lateral = _require(state_dict, "backbone.mla.mla_p2_1x1.0.weight")
-        branch = _require(state_dict, "decode_head.mlahead.head2.0.weight")
-        classifier = _require(state_dict, "decode_head.cls.weight")
+        lateral = require(state_dict, "backbone.mla.mla_p2_1x1.0.weight", ORIGINAL)
+        branch = require(state_dict, "decode_head.mlahead.head2.0.weight", ORIGINAL)
+        classifier = require(state_dict, "decode_head.cls.weight", ORIGINAL)
         overrides.update(
             mla_channels=lateral.shape[0],
             mla_head_channels=branch.shape[0],
@@ -490,7 +426,7 @@ def setr_config_overrides_for_original(state_dict: Mapping[str, torch.Tensor]) -
             num_labels=classifier.shape[0],
         )
     else:
-        convs = _indexed(state_dict, r"decode_head\.conv_(\d+)\.weight")
+        convs = indexed(state_dict, r"decode_head\.conv_(\d+)\.weight")
         overrides.update(
             decoder_channels=convs[0].shape[0],
             decoder_num_convs=len(convs) - 1,
@@ -513,13 +449,13 @@ def setr_config_overrides_for_original(state_dict: Mapping[str, torch.Tensor]) -
                                  "VIT_MLA_AUXIHead with in_channels=256, a single 1x1 `aux` convolution")
             overrides.update(auxiliary_num_convs=0, auxiliary_kernel_size=1)
         else:
-            convs = _indexed(head, r"conv_(\d+)\.weight")
+            convs = indexed(head, r"conv_(\d+)\.weight")
             overrides.update(auxiliary_num_convs=len(convs) - 1, auxiliary_kernel_size=convs[0].shape[-1])
     overrides["num_auxiliary_heads"] = len(heads)
     return overrides
 
 
-def _original_up_head_rules(source: str, target: str, num_convs: int) -> list[_Rule]:
+def _original_up_head_rules(source: str, target: str, num_convs: int) -> list[Rule]:
     """`VisionTransformerUpHead` (`norm`, `conv_{i}` + `syncbn_fc_{i}`, classifier `conv_{num_convs}`)."""
 
     def conv(groups: dict, tensor: torch.Tensor) -> Converted:
@@ -528,13 +464,13 @@ def _original_up_head_rules(source: str, target: str, num_convs: int) -> list[_R
         return [(f"{target.format(**groups)}{name}.{param}", tensor)]
 
     return [
-        _Rule(rf"{source}norm\.{_PARAM}", f"{target}layer_norm.{{param}}"),
-        _Rule(rf"{source}conv_(?P<i>\d+)\.{_PARAM}", conv),
-        _Rule(rf"{source}syncbn_fc_(?P<i>\d+)\.{_BN_PARAM}", f"{target}convs.{{i}}.batch_norm.{{param}}"),
+        Rule(rf"{source}norm\.{_PARAM}", f"{target}layer_norm.{{param}}"),
+        Rule(rf"{source}conv_(?P<i>\d+)\.{_PARAM}", conv),
+        Rule(rf"{source}syncbn_fc_(?P<i>\d+)\.{_BN_PARAM}", f"{target}convs.{{i}}.batch_norm.{{param}}"),
     ]
 
 
-def _original_rules(config) -> list[_Rule]:
+def _original_rules(config) -> list[Rule]:
     def split_qkv(groups: dict, tensor: torch.Tensor) -> Converted:
         prefix = f"setr.layers.{groups['i']}.attention"
         return [(f"{prefix}.{name}_proj.{groups['param']}", part.clone())
@@ -552,34 +488,34 @@ def _original_rules(config) -> list[_Rule]:
         return [(f"{prefix}.weight", tensor), (f"{prefix}.bias", tensor.new_zeros(tensor.shape[0]))]
 
     rules = [
-        _Rule(r"backbone\.cls_token", "setr.embeddings.cls_token"),
-        _Rule(r"backbone\.pos_embed", "setr.embeddings.position_embeddings"),
-        _Rule(rf"backbone\.patch_embed\.proj\.{_PARAM}", "setr.embeddings.projection.{param}"),
-        _Rule(rf"backbone\.blocks\.(?P<i>\d+)\.norm1\.{_PARAM}", "setr.layers.{i}.layernorm_before.{param}"),
-        _Rule(rf"backbone\.blocks\.(?P<i>\d+)\.attn\.qkv\.{_PARAM}", split_qkv),
-        _Rule(rf"backbone\.blocks\.(?P<i>\d+)\.attn\.proj\.{_PARAM}", "setr.layers.{i}.attention.o_proj.{param}"),
-        _Rule(rf"backbone\.blocks\.(?P<i>\d+)\.norm2\.{_PARAM}", "setr.layers.{i}.layernorm_after.{param}"),
-        _Rule(rf"backbone\.blocks\.(?P<i>\d+)\.mlp\.(?P<fc>fc[12])\.{_PARAM}", "setr.layers.{i}.mlp.{fc}.{param}"),
+        Rule(r"backbone\.cls_token", "setr.embeddings.cls_token"),
+        Rule(r"backbone\.pos_embed", "setr.embeddings.position_embeddings"),
+        Rule(rf"backbone\.patch_embed\.proj\.{_PARAM}", "setr.embeddings.projection.{param}"),
+        Rule(rf"backbone\.blocks\.(?P<i>\d+)\.norm1\.{_PARAM}", "setr.layers.{i}.layernorm_before.{param}"),
+        Rule(rf"backbone\.blocks\.(?P<i>\d+)\.attn\.qkv\.{_PARAM}", split_qkv),
+        Rule(rf"backbone\.blocks\.(?P<i>\d+)\.attn\.proj\.{_PARAM}", "setr.layers.{i}.attention.o_proj.{param}"),
+        Rule(rf"backbone\.blocks\.(?P<i>\d+)\.norm2\.{_PARAM}", "setr.layers.{i}.layernorm_after.{param}"),
+        Rule(rf"backbone\.blocks\.(?P<i>\d+)\.mlp\.(?P<fc>fc[12])\.{_PARAM}", "setr.layers.{i}.mlp.{fc}.{param}"),
     ]
     if config.decoder_type == "mla":
         rules += [
-            _Rule(rf"backbone\.norm_(?P<i>\d+)\.{_PARAM}", "neck.layer_norms.{i}.{param}"),
-            _Rule(rf"backbone\.mla\.mla_p(?P<level>[2-5])_1x1\.0\.{_PARAM}",
+            Rule(rf"backbone\.norm_(?P<i>\d+)\.{_PARAM}", "neck.layer_norms.{i}.{param}"),
+            Rule(rf"backbone\.mla\.mla_p(?P<level>[2-5])_1x1\.0\.{_PARAM}",
                   level("neck.lateral_convs.{level}.conv.{param}")),
-            _Rule(rf"backbone\.mla\.mla_p(?P<level>[2-5])_1x1\.1\.{_BN_PARAM}",
+            Rule(rf"backbone\.mla\.mla_p(?P<level>[2-5])_1x1\.1\.{_BN_PARAM}",
                   level("neck.lateral_convs.{level}.batch_norm.{param}")),
-            _Rule(rf"backbone\.mla\.mla_p(?P<level>[2-5])\.0\.{_PARAM}", level("neck.output_convs.{level}.conv.{param}")),
-            _Rule(rf"backbone\.mla\.mla_p(?P<level>[2-5])\.1\.{_BN_PARAM}",
+            Rule(rf"backbone\.mla\.mla_p(?P<level>[2-5])\.0\.{_PARAM}", level("neck.output_convs.{level}.conv.{param}")),
+            Rule(rf"backbone\.mla\.mla_p(?P<level>[2-5])\.1\.{_BN_PARAM}",
                   level("neck.output_convs.{level}.batch_norm.{param}")),
         ]
         for source, target, kind in (("0", "0", "conv"), ("1", "0", "bn"), ("3", "1", "conv"), ("4", "1", "bn")):
             param = _PARAM if kind == "conv" else _BN_PARAM
             name = "conv" if kind == "conv" else "batch_norm"
-            rules.append(_Rule(rf"decode_head\.mlahead\.head(?P<level>[2-5])\.{source}\.{param}",
+            rules.append(Rule(rf"decode_head\.mlahead\.head(?P<level>[2-5])\.{source}\.{param}",
                                level(f"decode_head.branches.{{level}}.{target}.{name}.{{param}}")))
         rules += [
-            _Rule(rf"decode_head\.cls\.{_PARAM}", "decode_head.classifier.{param}"),
-            _Rule(r"auxiliary_head\.(?P<aux>\d+)\.aux\.weight", mla_aux),
+            Rule(rf"decode_head\.cls\.{_PARAM}", "decode_head.classifier.{param}"),
+            Rule(r"auxiliary_head\.(?P<aux>\d+)\.aux\.weight", mla_aux),
         ]
     else:
         rules += _original_up_head_rules(r"decode_head\.", "decode_head.", config.decoder_num_convs)
@@ -596,8 +532,6 @@ def convert_original_setr_state_dict(
     `config` carries the authors' variant fields (`setr_config_overrides_for_original` on top of the preset).
     `dropped` lists the unused `conv_seg` keys. Strict like `convert_mmseg_setr_state_dict` (`ConversionError`).
     """
-    from .common import apply_rules
-
     expected = setr_target_shapes(config) if target_shapes is None else target_shapes
     return apply_rules(
         state_dict, _original_rules(config), expected,
@@ -637,7 +571,6 @@ def convert_setr_checkpoint(
     align_corners and 3x3 classifier; mmseg 1.x: none of these, its Naive upsampling, its auxiliary heads).
     Returns a `ConvertedCheckpoint`; raises `ConversionError` when the checkpoint does not fit."""
     from ..models.setr import SetrConfig, SetrForSemanticSegmentation
-    from .common import ConversionError, ConvertedCheckpoint, check_fits_preset
 
     layout = detect_setr_layout(state_dict) if source == "auto" else source
     if layout not in SETR_LAYOUT_SIGNATURES:
@@ -649,7 +582,7 @@ def convert_setr_checkpoint(
         if layout == "original":
             read = setr_config_overrides_for_original(state_dict)
         else:
-            read = dict(num_labels=_require(state_dict, "decode_head.conv_seg.weight").shape[0])
+            read = dict(num_labels=require(state_dict, "decode_head.conv_seg.weight", MMSEG).shape[0])
             read.update(setr_config_overrides_for_mmseg(
                 state_dict, out_indices=_mmseg_out_indices(preset_config),
                 num_attention_heads=preset_config.get("num_attention_heads"),

@@ -17,12 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..convert.common import listing
+
+
 _VIT_DROPPED = ("layernorm.", "pooler.", "classifier.")
-
-
-def _listing(keys, limit: int = 12) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
 def _strict_load(target: torch.nn.Module, weights: dict, source: str, what: str) -> None:
@@ -37,11 +35,11 @@ def _strict_load(target: torch.nn.Module, weights: dict, source: str, what: str)
     if missing or unexpected or mismatched:
         parts = []
         if missing:
-            parts.append(f"model keys not in the checkpoint: {_listing(missing)}")
+            parts.append(f"model keys not in the checkpoint: {listing(missing)}")
         if unexpected:
-            parts.append(f"checkpoint keys the model does not have: {_listing(unexpected)}")
+            parts.append(f"checkpoint keys the model does not have: {listing(unexpected)}")
         if mismatched:
-            parts.append(f"shape mismatches: {_listing(mismatched)}")
+            parts.append(f"shape mismatches: {listing(mismatched)}")
         raise ValueError(f"cannot load {what} from {source!r}: " + "; ".join(parts))
     target.load_state_dict(weights, strict=True)
 
@@ -117,12 +115,12 @@ def load_pretrained_encoder(model, source: str, **from_pretrained_kwargs) -> Non
         weights = {key: value for key, value in encoder.state_dict().items() if key in target}
         unused = set(encoder.state_dict()) - set(weights)
         if unused:
-            raise ValueError(f"{source!r}: MPViT weights without a place in the backbone: {_listing(unused)}")
+            raise ValueError(f"{source!r}: MPViT weights without a place in the backbone: {listing(unused)}")
         # the backbone may add norms of its outputs that ImageNet training never had: they keep their init
         extra = {key: value for key, value in target.items() if key not in weights}
         non_norm = [key for key in extra if "norm" not in key]
         if non_norm:
-            raise ValueError(f"{source!r}: MPViT backbone weights not in the checkpoint: {_listing(non_norm)}")
+            raise ValueError(f"{source!r}: MPViT backbone weights not in the checkpoint: {listing(non_norm)}")
         _strict_load(backbone, {**extra, **weights}, source, "an MPViT encoder")
         return
 

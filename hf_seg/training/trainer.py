@@ -388,7 +388,7 @@ def write_model_card(
     body = [f"# {name}", "",
             f"A {family.upper() if family == 'setr' else family.capitalize()} semantic-segmentation model "
             f"({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters, "
-            f"{model.config.num_labels} classes) fine-tuned with [hf_seg](https://github.com/) on top of "
+            f"{model.config.num_labels} classes) fine-tuned with hf_seg on top of "
             "`transformers.Trainer`."]
     if preset_name:
         body.append(f"Architecture preset: `{preset_name}`.")
