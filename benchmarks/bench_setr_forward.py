@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 
 REPO = Path(__file__).resolve().parents[1]

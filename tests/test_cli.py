@@ -72,7 +72,7 @@ def test_predict_writes_palette_pngs_equal_to_segment(setr_folder, images, tmp_p
     folder, model, processor = setr_folder
     status, out, err = _run(capsys, "predict", "--model", folder, images, "--output-dir", tmp_path, "--overlay")
     assert status == 0, err
-    assert f"wrote 2 label maps" in out
+    assert "wrote 2 label maps" in out
     _, ade_palette = load_label_set("ade20k")
     classes_seen = set()
     for name in ("wide.png", "tall.jpg"):

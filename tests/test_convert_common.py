@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conversion_fixtures import REPO, max_abs_diff, run_script
+from conversion_fixtures import max_abs_diff, run_script
 from mmseg_reference import import_mmseg
 
 

@@ -9,52 +9,19 @@ AOTAutograd's traced graph gives the eager logits. HF_SEG_TEST_INDUCTOR=1 compil
 import os
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
-from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
 import hf_seg
 from hf_seg.export import export_onnx, onnx_max_abs_diff, supports_dynamic_size
+from tiny_models import tiny_mpvit, tiny_segformer, tiny_setr
 
 
-onnxruntime = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
-
-NUM_LABELS = 5
-TINY_SETR = dict(
-    image_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-    decoder_channels=16, num_labels=NUM_LABELS, initializer_range=0.5,
-)
 
 
-def _setr(decoder):
-    torch.manual_seed(0)
-    extra = dict(mla_in_indices=[0, 1, 2, 3], mla_channels=16, mla_head_channels=8) if decoder == "mla" else dict(
-        auxiliary_in_indices=[1, 2])
-    return hf_seg.create_model(f"setr-{decoder}-vit-large-ade20k-512", **TINY_SETR, **extra).eval()
 
-
-def _segformer():
-    torch.manual_seed(0)
-    config = SegformerConfig(
-        num_channels=3, num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 16, 24, 32],
-        num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=16, num_labels=NUM_LABELS,
-    )
-    return SegformerForSemanticSegmentation(config).eval()
-
-
-def _mpvit():
-    mpvit = pytest.importorskip("hf_seg.models.mpvit")
-    torch.manual_seed(0)
-    config = mpvit.MPViTConfig(
-        hidden_sizes=[16, 16, 24, 32], depths=[1, 1, 1, 1], num_paths=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2],
-        decoder_hidden_size=16, auxiliary_channels=8, num_labels=NUM_LABELS,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
-    return mpvit.MPViTForSemanticSegmentation(config).eval()
-
-
-FAMILIES = {"setr-pup": lambda: _setr("pup"), "segformer": _segformer, "mpvit": _mpvit}
+FAMILIES = {"setr-pup": lambda: tiny_setr("pup"), "segformer": tiny_segformer, "mpvit": tiny_mpvit}
 
 
 def _inputs(*shape):
@@ -80,7 +47,7 @@ def test_onnx_dynamo_export_matches_pytorch_at_two_sizes(family, tmp_path):
 def test_onnx_mpvit_upernet_exports_with_fixed_size(tmp_path):
     """UperNet's pyramid pooling (adaptive average pooling to 1, 2, 3, 6) lowers to ONNX for the traced size only,
     so height and width stay fixed (with a warning) and only the batch is dynamic."""
-    model = _mpvit()
+    model = tiny_mpvit()
     assert not supports_dynamic_size(model)
     with pytest.warns(UserWarning, match="only 64x96 inputs"):
         path = export_onnx(model, tmp_path / "mpvit.onnx", 64, 96)
@@ -127,21 +94,21 @@ def _graph_inputs(path):
 
 @pytest.mark.parametrize("decoder", ["naive", "mla"])
 def test_onnx_torchscript_exporter_setr_decoders(decoder, tmp_path):
-    model = _setr(decoder)
+    model = tiny_setr(decoder)
     path = export_onnx(model, tmp_path / "setr.onnx", 64, 64, exporter="torchscript")
     for shape in [(1, 3, 64, 64), (2, 3, 80, 48)]:
         assert onnx_max_abs_diff(model, path, _inputs(*shape)) <= 1e-4
 
 
 def test_onnx_static_export_has_fixed_axes(tmp_path):
-    model = _setr("pup")
+    model = tiny_setr("pup")
     path = export_onnx(model, tmp_path / "static.onnx", 48, 80, dynamic=False, exporter="torchscript")
     assert _input_dims(path) == [1, 3, 48, 80]
     assert onnx_max_abs_diff(model, path, _inputs(1, 3, 48, 80)) <= 1e-4
 
 
 def test_export_refuses_bad_arguments(tmp_path):
-    model = _setr("pup")
+    model = tiny_setr("pup")
     with pytest.raises(ValueError, match="multiples of its patch size 16"):
         export_onnx(model, tmp_path / "x.onnx", 50, 64)
     with pytest.raises(ValueError, match="exporter must be one of"):
@@ -192,7 +159,7 @@ def test_autocast_logits_close_to_float32(family, dtype):
 
 
 def test_segment_with_bf16_autocast():
-    model = _setr("mla")  # predicts three classes on this image
+    model = tiny_setr("mla")  # predicts three classes on this image
     processor = hf_seg.SetrImageProcessor(do_resize=False)
     image = np.random.RandomState(0).randint(0, 256, (70, 90, 3), dtype=np.uint8)
     labels = hf_seg.segment(model, processor, image, mode="slide", crop_size=64, stride=48,

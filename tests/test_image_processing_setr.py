@@ -9,10 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoImageProcessor, PretrainedConfig
+from transformers import AutoImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, SizeDict
 from transformers.modeling_outputs import SemanticSegmenterOutput
-from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
 
 from hf_seg.models.setr.image_processing_setr import SetrImageProcessor, get_setr_output_size
 
@@ -35,20 +34,6 @@ def converted(image, **kwargs):
 
 def rng(seed=0):
     return np.random.default_rng(seed)
-
-
-def ensure_auto_registration():
-    """Make AutoImageProcessor resolve SetrImageProcessor, with a throwaway config if hf_seg has not registered it."""
-    try:
-        import hf_seg  # noqa: F401  (its __init__ registers the real SetrConfig once the package wires it up)
-    except Exception:  # noqa: BLE001 - the package may be half built while this file is tested
-        pass
-    if get_image_processor_class_from_name("SetrImageProcessor") is not SetrImageProcessor:
-
-        class _SetrProcessorTestConfig(PretrainedConfig):
-            model_type = "hf_seg_setr_processor_test"
-
-        AutoImageProcessor.register(_SetrProcessorTestConfig, image_processor_classes={"pil": SetrImageProcessor})
 
 
 # --------------------------------------------------------------------------------------------- input conversion
@@ -501,7 +486,6 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"])
     np.testing.assert_array_equal(a["labels"], b["labels"])
 
-    ensure_auto_registration()
     auto = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
     assert type(auto) is SetrImageProcessor and auto.to_dict() == processor.to_dict()
 
@@ -602,10 +586,6 @@ else:
     ):
         image_processor_tester_class = SetrImageProcessingTester
         test_cast_dtype = True
-
-        @classmethod
-        def setUpClass(cls):
-            ensure_auto_registration()
 
         def test_call_segmentation_maps(self):
             processor = SetrImageProcessor(**self.image_processor_dict)

@@ -4,7 +4,6 @@ Trainer helpers, strict input checks and the distributed reduction."""
 import ast
 import math
 import os
-import tempfile
 
 import numpy as np
 import pytest

@@ -11,52 +11,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import (
-    SegformerConfig,
-    SegformerForSemanticSegmentation,
-    SegformerImageProcessor,
-    pipeline,
-)
+from transformers import SegformerImageProcessor, pipeline
 
 import hf_seg
+from tiny_models import tiny_mpvit, tiny_segformer, tiny_setr
 
 
-NUM_LABELS = 5
 PROCESSOR_SIZE = {"shortest_edge": 64, "longest_edge": 128}
 
 
 def _images():
     rng = np.random.RandomState(0)
     return [Image.fromarray(rng.randint(0, 256, shape, dtype=np.uint8)) for shape in [(70, 90, 3), (100, 60, 3)]]
-
-
-def _setr():
-    torch.manual_seed(0)
-    return hf_seg.create_model(
-        "setr-mla-vit-large-ade20k-512", image_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=64, mla_in_indices=[0, 1, 2, 3], mla_channels=16, mla_head_channels=8,
-        num_labels=NUM_LABELS, initializer_range=0.5,
-    ).eval()
-
-
-def _segformer():
-    torch.manual_seed(0)
-    config = SegformerConfig(
-        num_channels=3, num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 16, 24, 32],
-        num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=16, num_labels=NUM_LABELS,
-    )
-    return SegformerForSemanticSegmentation(config).eval()
-
-
-def _mpvit():
-    mpvit = pytest.importorskip("hf_seg.models.mpvit")
-    torch.manual_seed(0)
-    config = mpvit.MPViTConfig(
-        hidden_sizes=[16, 16, 24, 32], depths=[1, 1, 1, 1], num_paths=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2],
-        decoder_hidden_size=16, auxiliary_channels=8, num_labels=NUM_LABELS,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
-    return mpvit.MPViTForSemanticSegmentation(config).eval()
 
 
 def _label_map_from_pipeline(results, model, size):
@@ -73,7 +39,7 @@ def _label_map_from_pipeline(results, model, size):
 
 @pytest.mark.parametrize("family", ["setr", "segformer", "mpvit"])
 def test_pipeline_masks_equal_segment(family):
-    model = {"setr": _setr, "segformer": _segformer, "mpvit": _mpvit}[family]()
+    model = {"setr": lambda: tiny_setr("mla"), "segformer": tiny_segformer, "mpvit": tiny_mpvit}[family]()
     processor = hf_seg.SetrImageProcessor(size=PROCESSOR_SIZE, size_divisor=16 if family == "setr" else 1)
     segmenter = pipeline("image-segmentation", model=model, image_processor=processor)
     images = _images()
@@ -90,7 +56,7 @@ def test_pipeline_masks_equal_segment(family):
 def test_pipeline_transformers_segformer_with_its_own_processor():
     """Control: transformers' own SegFormer and SegformerImageProcessor give the masks of calling the processor and
     the model by hand, so the pipeline plumbing is what the SETR test above relies on."""
-    model = _segformer()
+    model = tiny_segformer()
     processor = SegformerImageProcessor(size={"height": 64, "width": 64})
     segmenter = pipeline("image-segmentation", model=model, image_processor=processor)
     for image in _images():
@@ -103,7 +69,7 @@ def test_pipeline_transformers_segformer_with_its_own_processor():
 
 def test_pipeline_loads_a_saved_setr_folder_by_path(tmp_path):
     """`pipeline(model=folder)` resolves model and processor through the Auto classes hf_seg registers."""
-    model = _setr()
+    model = tiny_setr("mla")
     processor = hf_seg.SetrImageProcessor(size=PROCESSOR_SIZE)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)

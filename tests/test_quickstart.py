@@ -3,11 +3,9 @@
 The full run (defaults: 300 steps, 160 + 40 images of 128 x 128) is timed by hand; see README."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 

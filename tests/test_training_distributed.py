@@ -7,9 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
-
-import pytest
 
 from hf_seg.data.quickstart import QUICKSTART_LABELS, make_quickstart_dataset
 from hf_seg.training import evaluate_model

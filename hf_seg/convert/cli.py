@@ -13,7 +13,7 @@ Each family (SETR, SegFormer / MiT, MPViT) registers a `FamilyConverter` in `CON
 
 import argparse
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 

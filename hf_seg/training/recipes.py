@@ -27,7 +27,6 @@ forks: poly over all iterations from step 0, warmup multiplies it) and ``"mmengi
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 
