@@ -141,7 +141,7 @@ def run_quickstart(
         print(f"\nhf-seg quickstart finished in {seconds:.0f} s")
         print(f"  validation mIoU {metrics['mean_iou']:.4f}, mAcc {metrics['mean_accuracy']:.4f}, "
               f"aAcc {metrics['overall_accuracy']:.4f} ({len(validation)} images, original resolution)")
-        print(f"  Hub-ready model folder: {model_dir}  (push: huggingface-cli upload <repo> {model_dir})")
+        print(f"  Hub-ready model folder: {model_dir}  (push: hf upload <your-name>/<repo> {model_dir})")
         print(f"  metrics:                {metrics_file}")
         print(f"  overlays (image | truth | prediction): {overlays_dir}")
     return summary
@@ -149,17 +149,24 @@ def run_quickstart(
 
 def quickstart_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="hf-seg quickstart", description="Train and evaluate a small SegFormer on a generated shapes data set."
+        prog="hf-seg quickstart",
+        description="Generate a 6-class data set of textured shapes, fine-tune a small SegFormer on it with the real "
+        "Trainer pipeline (about half a minute on a 2-core CPU), evaluate it and write a Hub-ready model folder, "
+        "metrics.json and overlay pictures.",
     )
-    parser.add_argument("--output_dir", default="hf-seg-quickstart")
-    parser.add_argument("--max_steps", type=int, default=300)
-    parser.add_argument("--num_train", type=int, default=160)
-    parser.add_argument("--num_validation", type=int, default=40)
-    parser.add_argument("--image_size", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--output_dir", default="hf-seg-quickstart",
+                        help="folder for the model folder, metrics.json and overlays (default: %(default)s)")
+    parser.add_argument("--max_steps", type=int, default=300, help="training steps (default: %(default)s)")
+    parser.add_argument("--num_train", type=int, default=160, help="generated training images (default: %(default)s)")
+    parser.add_argument("--num_validation", type=int, default=40,
+                        help="generated validation images (default: %(default)s)")
+    parser.add_argument("--image_size", type=int, default=128, help="side of the square images (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=8, help="training batch size (default: %(default)s)")
+    parser.add_argument("--learning_rate", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the init and the augmentations "
+                        "(default: %(default)s)")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0,
+                        help="DataLoader worker processes (default: %(default)s)")
     args = parser.parse_args(argv)
     run_quickstart(
         args.output_dir, args.max_steps, args.num_train, args.num_validation, args.image_size, args.batch_size,
