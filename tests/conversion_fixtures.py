@@ -3,6 +3,7 @@ converters (shipped in the mmseg wheel under `.mim/tools/model_converters`), tin
 conversion scripts with those presets registered (the scripts only accept preset names; the tiny presets exist only
 inside the test process)."""
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -38,6 +39,25 @@ def randomize_(module: nn.Module, seed: int) -> nn.Module:
                 submodule.running_var.copy_(0.5 + torch.rand(submodule.running_var.shape, generator=generator))
                 submodule.num_batches_tracked.fill_(int(torch.randint(1, 10_000, (1,), generator=generator)))
     return module.eval()
+
+
+@contextlib.contextmanager
+def batch_norm_statistics_of_next_batch(module: nn.Module):
+    """Inside: `module`'s BatchNorm layers in train mode with reset statistics and a cumulative average, so that one
+    forward pass leaves exactly that batch's statistics (random but sane, as training leaves them: `randomize_`'s
+    random statistics compound over a real-size model, where an absolute tolerance then means little)."""
+    norms = [layer for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.reset_running_stats()
+        layer.momentum = None
+        layer.train()
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+            layer.eval()
 
 
 def random_like(reference: torch.Tensor, seed: int, std: float = 0.05) -> torch.Tensor:

@@ -295,10 +295,7 @@ def test_transformers_upernet_with_mpvit_backbone_gives_the_same_logits():
 def mmseg_heads():
     from mmseg_reference import import_mmseg
 
-    try:
-        import_mmseg()
-    except ImportError as error:
-        pytest.skip(f"mmsegmentation reference not available: {error}")
+    import_mmseg()
     from mmseg.models.decode_heads import FCNHead, UPerHead
 
     return UPerHead, FCNHead
