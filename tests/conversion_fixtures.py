@@ -101,3 +101,35 @@ def run_script(family: str, args: list[str], extra_presets: list[dict] = ()) -> 
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     command = [sys.executable, "-c", _RUNNER, json.dumps(list(extra_presets)), script, *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
+
+
+# Hub-code loading in a process where `import hf_seg` fails (a meta-path finder refuses it).
+REMOTE_LOADER = """
+import sys, json, torch
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_seg" or name.startswith("hf_seg."):
+            raise ImportError("hf_seg is blocked in this test")
+sys.meta_path.insert(0, Refuse())
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+folder, inputs, out = sys.argv[1:4]
+model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+with torch.no_grad():
+    logits = model(pixel_values=torch.load(inputs)).logits
+torch.save(logits, out)
+print(type(model).__module__, type(model).__name__, type(processor).__name__, "hf_seg" in sys.modules)
+"""
+
+
+def load_without_hf_seg(folder, tmp_path, pixels):
+    """Load `folder` with trust_remote_code in a Python where `import hf_seg` fails; return its logits for `pixels`
+    and the printed `(model module, model class, processor class, "hf_seg" imported?)`."""
+    inputs, out = tmp_path / "inputs.pt", tmp_path / "logits.pt"
+    torch.save(pixels, inputs)
+    result = subprocess.run([sys.executable, "-c", REMOTE_LOADER, str(folder), str(inputs), str(out)],
+                            capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
+                            env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
+                                 "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out), result.stdout.split()

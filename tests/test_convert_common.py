@@ -5,14 +5,12 @@ error path with its one-line message and non-zero exit status."""
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from conversion_fixtures import max_abs_diff, run_script
+from conversion_fixtures import load_without_hf_seg, max_abs_diff, run_script
 from mmseg_reference import import_mmseg
 
 
@@ -42,23 +40,6 @@ TINY = [
 ]
 TINY_DICTS = [dataclasses.asdict(preset) for preset in TINY]
 
-# Hub-code loading in a process where `import hf_seg` fails (a meta-path finder refuses it).
-_REMOTE_LOADER = """
-import sys, json, torch
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name == "hf_seg" or name.startswith("hf_seg."):
-            raise ImportError("hf_seg is blocked in this test")
-sys.meta_path.insert(0, Refuse())
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
-folder, inputs, out = sys.argv[1:4]
-model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
-processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-with torch.no_grad():
-    logits = model(pixel_values=torch.load(inputs)).logits
-torch.save(logits, out)
-print(type(model).__module__, type(model).__name__, type(processor).__name__, "hf_seg" in sys.modules)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -75,17 +56,6 @@ def setr_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "setr_pup.pth"
     torch.save({"meta": {"CLASSES": ["a"] * 5, "mmseg_version": "0.6.0"}, "state_dict": checkpoint}, path)
     return path, checkpoint
-
-
-def _load_remote(folder, tmp_path, pixels):
-    inputs, out = tmp_path / "inputs.pt", tmp_path / "logits.pt"
-    torch.save(pixels, inputs)
-    result = subprocess.run([sys.executable, "-c", _REMOTE_LOADER, str(folder), str(inputs), str(out)],
-                            capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
-                            env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
-                                 "HF_HOME": str(tmp_path / "hf")})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return torch.load(out), result.stdout.split()
 
 
 def _converted_logits(converted_folder_model_class, folder, pixels):
@@ -122,7 +92,7 @@ def test_setr_script_writes_a_hub_folder_that_loads_without_hf_seg(setr_checkpoi
 
     pixels = torch.randn(1, 3, 48, 80, generator=torch.Generator().manual_seed(3))
     expected = _converted_logits(SetrForSemanticSegmentation, output, pixels)
-    logits, description = _load_remote(output, tmp_path, pixels)
+    logits, description = load_without_hf_seg(output, tmp_path, pixels)
     assert description[-1] == "False"  # hf_seg was never imported
     assert description[1] == "SetrForSemanticSegmentation" and description[0].startswith("transformers_modules")
     assert max_abs_diff(logits, expected) == 0.0
@@ -143,7 +113,7 @@ def test_segformer_scripts_both_layouts(tmp_path):
     assert json.loads((out_mmseg / "config.json").read_text())["model_type"] == "segformer-mmseg"
     assert "NVIDIA Source Code License" in (out_mmseg / "README.md").read_text()
     pixels = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(4))
-    logits, description = _load_remote(out_mmseg, tmp_path, pixels)
+    logits, description = load_without_hf_seg(out_mmseg, tmp_path, pixels)
     assert description[1:] == ["SegformerMmsegForSemanticSegmentation", "SetrImageProcessor", "False"]
     with torch.no_grad():
         expected = mmseg_model.decode_head(mmseg_model.backbone(pixels))
@@ -165,7 +135,7 @@ def test_segformer_scripts_both_layouts(tmp_path):
     assert "(original layout)" in result.stdout and "predicted: 'LABEL_" in result.stdout
     config = json.loads((out_authors / "config.json").read_text())
     assert config["model_type"] == "segformer" and config["architectures"] == ["SegformerForSemanticSegmentation"]
-    logits, description = _load_remote(out_authors, tmp_path, pixels)
+    logits, description = load_without_hf_seg(out_authors, tmp_path, pixels)
     assert description[1:] == ["SegformerForSemanticSegmentation", "SetrImageProcessor", "False"]
 
 

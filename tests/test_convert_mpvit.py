@@ -20,14 +20,13 @@ layouts on tiny variants, and once for the real-size `mpvit-tiny` preset. Also: 
 import dataclasses
 import json
 import math
-import subprocess
 import sys
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from conversion_fixtures import max_abs_diff, randomize_, run_script
+from conversion_fixtures import load_without_hf_seg, max_abs_diff, randomize_, run_script
 from mmseg_reference import import_mmseg
 
 
@@ -444,20 +443,6 @@ def test_every_preset_converts_the_authors_layout(size):
 
 # --- the command line on tiny presets ---------------------------------------------------------------------------------
 
-_REMOTE_LOADER = """
-import sys, torch
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name == "hf_seg" or name.startswith("hf_seg."):
-            raise ImportError("hf_seg is blocked in this test")
-sys.meta_path.insert(0, Refuse())
-from transformers import AutoModelForSemanticSegmentation
-folder, inputs, out = sys.argv[1:4]
-model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
-with torch.no_grad():
-    torch.save(model(pixel_values=torch.load(inputs)).logits, out)
-print(type(model).__module__, type(model).__name__, "hf_seg" in sys.modules)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -502,19 +487,12 @@ def test_upernet_script_writes_a_hub_folder_that_loads_without_hf_seg(upernet_ch
         assert text in card, text
 
     pixels = _inputs(SIZES[1], seed=4)[:1]
-    inputs, logits_path = tmp_path / "inputs.pt", tmp_path / "logits.pt"
-    torch.save(pixels, inputs)
-    result = subprocess.run([sys.executable, "-c", _REMOTE_LOADER, str(output), str(inputs), str(logits_path)],
-                            capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
-                            env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
-                                 "HF_HOME": str(tmp_path / "hf")})
-    assert result.returncode == 0, result.stderr[-3000:]
-    module, name, imported = result.stdout.split()
+    logits, (module, name, _, imported) = load_without_hf_seg(output, tmp_path, pixels)
     assert module.startswith("transformers_modules") and name == "MPViTForSemanticSegmentation" and imported == "False"
     with torch.no_grad():
         expected = F.interpolate(decode(reference_backbone(state, TINY, pixels, prefix="backbone.")), size=SIZES[1],
                                  mode="bilinear", align_corners=False)
-    assert max_abs_diff(torch.load(logits_path), expected) <= TOLERANCE
+    assert max_abs_diff(logits, expected) <= TOLERANCE
 
 
 def test_classifier_verify_and_push_to_hub(tiny_presets, tmp_path, capsys, monkeypatch):
