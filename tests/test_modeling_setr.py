@@ -381,19 +381,60 @@ def test_trust_remote_code_without_hf_seg(tmp_path):
     assert "remote code OK SetrForSemanticSegmentation SetrImageProcessor" in result.stdout
 
 
+def operators_run(function) -> set[str]:
+    """Names of the operators `function()` dispatches (torch.profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        function()
+    return {event.key for event in profile.key_averages()}
+
+
+ONEDNN_LINEAR = "mkldnn::_linear_pointwise"
+
+
 def test_inference_fast_paths_compute_the_same_function():
-    """Without autograd the MLP's GELU runs in place and the heads fold BatchNorm into their convolutions; with
-    autograd (training mode here) neither happens. Both must give the same logits."""
+    """Without autograd the linear layers run oneDNN's GEMM, the MLP's GELU runs in place and the heads fold
+    BatchNorm into their convolutions; with autograd (training mode here) none of it happens. Both must give the same
+    logits."""
     for decoder_type in DECODERS:
         model = tiny_model(decoder_type)
         pixel_values = torch.randn(2, 3, 48, 64)
         with torch.no_grad():
             fast = model(pixel_values).logits
-        slow = model(pixel_values).logits  # autograd on: out-of-place GELU
+        slow = model(pixel_values).logits  # autograd on: F.linear, out-of-place GELU
         torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            assert ONEDNN_LINEAR in operators_run(lambda: model(pixel_values))
+        assert ONEDNN_LINEAR not in operators_run(lambda: model(pixel_values))
         for module in model.modules():
             if type(module).__name__ == "SetrConvModule":
                 module.train()  # the unfolded path ...
                 module.batch_norm.eval()  # ... with the same running statistics
         with torch.no_grad():
             torch.testing.assert_close(model(pixel_values).logits, fast, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_setr_linear_is_nn_linear_with_a_faster_inference_path(bias):
+    """`SetrLinear` computes `F.linear` for any leading shape and strided inputs; oneDNN's op runs only at fp32 CPU
+    inference and everything else (autograd, autocast, float64, `torch.backends.mkldnn` disabled) takes
+    `F.linear`, so gradients, reduced precision and the user's backend switch keep working."""
+    from hf_seg.models.setr.modeling_setr import SetrLinear
+
+    torch.manual_seed(0)
+    layer = SetrLinear(24, 40, bias=bias)
+    inputs = [torch.randn(2, 7, 24), torch.randn(5, 24), torch.randn(3, 24, 9).transpose(1, 2)]
+    for features in inputs:
+        with torch.no_grad():
+            assert ONEDNN_LINEAR in operators_run(lambda: layer(features))
+            torch.testing.assert_close(layer(features), F.linear(features, layer.weight, layer.bias))
+            with torch.backends.mkldnn.flags(enabled=False):
+                assert ONEDNN_LINEAR not in operators_run(lambda: layer(features))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert ONEDNN_LINEAR not in operators_run(lambda: layer(features))
+                assert layer(features).dtype == torch.bfloat16
+            assert layer.double()(features.double()).dtype == torch.float64
+            layer.float()
+        assert ONEDNN_LINEAR not in operators_run(lambda: layer(features))
+        layer(features).sum().backward()
+        assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+        layer.zero_grad()
