@@ -238,14 +238,17 @@ def test_batch_items_are_independent():
 
 @pytest.mark.parametrize("size", [(48, 64), (45, 70)])
 def test_fast_eval_paths_compute_the_same_function(size):
-    """In eval without autograd, BatchNorm folds into the convolutions, activations run in place and the head's
-    fpn_bottleneck runs on the coarse levels (`conv3x3_of_upsampled`); with autograd on (and BatchNorm forced to the
-    unfolded module path) the plain computation runs. Both must agree, also where the level sizes are not exact
-    halves (45x70: 12x18, 6x9, 3x5, 2x3)."""
+    """In eval without autograd, the linear layers run oneDNN's GEMM, BatchNorm folds into the convolutions,
+    activations run in place and the head's fpn_bottleneck runs on the coarse levels (`conv3x3_of_upsampled`); with
+    autograd on (and BatchNorm forced to the unfolded module path) the plain computation runs. Both must agree, also
+    where the level sizes are not exact halves (45x70: 12x18, 6x9, 3x5, 2x3)."""
     model = tiny_segmenter()
     pixel_values = torch.randn(2, 3, *size)
     with torch.no_grad():
         fast = model(pixel_values).logits
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            model(pixel_values)
+    assert "mkldnn::_linear_pointwise" in {event.key for event in profile.key_averages()}
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.forward = lambda x, module=module: F.batch_norm(
