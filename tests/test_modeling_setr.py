@@ -414,14 +414,18 @@ def test_inference_fast_paths_compute_the_same_function():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_setr_linear_is_nn_linear_with_a_faster_inference_path(bias):
-    """`SetrLinear` computes `F.linear` for any leading shape and strided inputs; oneDNN's op runs only at fp32 CPU
-    inference and everything else (autograd, autocast, float64, `torch.backends.mkldnn` disabled) takes
-    `F.linear`, so gradients, reduced precision and the user's backend switch keep working."""
-    from hf_seg.models.setr.modeling_setr import SetrLinear
+@pytest.mark.parametrize("linear_class", ["SetrLinear", "MPViTLinear"])
+def test_onednn_linear_is_nn_linear_with_a_faster_inference_path(linear_class, bias):
+    """`SetrLinear` (and its copy in the MPViT file) computes `F.linear` for any leading shape and strided inputs;
+    oneDNN's op runs only at fp32 CPU inference and everything else (autograd, autocast, float64,
+    `torch.backends.mkldnn` disabled) takes `F.linear`, so gradients, reduced precision and the user's backend switch
+    keep working."""
+    from hf_seg.models.mpvit import modeling_mpvit
+    from hf_seg.models.setr import modeling_setr
 
     torch.manual_seed(0)
-    layer = SetrLinear(24, 40, bias=bias)
+    module = modeling_setr if linear_class == "SetrLinear" else modeling_mpvit
+    layer = getattr(module, linear_class)(24, 40, bias=bias)
     inputs = [torch.randn(2, 7, 24), torch.randn(5, 24), torch.randn(3, 24, 9).transpose(1, 2)]
     for features in inputs:
         with torch.no_grad():
