@@ -295,12 +295,6 @@ def _inputs(size, seed=0):
     return torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
-def _built(converted):
-    model = converted.model_class(converted.config).eval()
-    model.load_state_dict(converted.state_dict, strict=True)
-    return model
-
-
 def _alias_count(arch: dict) -> int:
     """cpe (2 tensors) and crpe (6 tensors) repeated: cpe once and crpe twice per block."""
     return sum(paths * layers * (2 + 2 * 6) for paths, layers in zip(arch["num_path"], arch["num_layers"]))
@@ -319,7 +313,7 @@ def test_imagenet_layout_matches_reference():
         ".cpe." in key or ".crpe." in key)]}
     assert len(converted.dropped[ALIAS_REASON]) == _alias_count(TINY)
     assert len(converted.state_dict) == len(state) - _alias_count(TINY)
-    model = _built(converted)
+    model = converted.build_model()
     assert type(model).__name__ == "MPViTForImageClassification"
     worst = 0.0
     for size in SIZES:
@@ -340,7 +334,7 @@ def test_upernet_layout_matches_reference():
                                                      out_features=["stage1", "stage2", "stage3", "stage4"]),
                                          preset_name="tiny-upernet-mpvit", task="segmentation")
     assert len(converted.dropped[ALIAS_REASON]) == _alias_count(TINY) and len(converted.dropped) == 1
-    model = _built(converted)
+    model = converted.build_model()
     assert type(model).__name__ == "MPViTForSemanticSegmentation" and converted.config.use_auxiliary_head
     worst = worst_aux = 0.0
     for size in SIZES:
@@ -618,7 +612,8 @@ def measure_every_preset(calibrate: bool = True) -> dict:
         if calibrate:
             calibrate_batch_norms(state, arch)
         preset = get_preset(f"mpvit-{size}")
-        model = _built(convert_mpvit_checkpoint(state, preset.config, preset_name=preset.name, task="classification"))
+        converted = convert_mpvit_checkpoint(state, preset.config, preset_name=preset.name, task="classification")
+        model = converted.build_model()
         worst = scale = 0.0
         for shape in SIZES:
             pixels = _inputs(shape, seed=3)[:1]
@@ -632,8 +627,9 @@ def measure_every_preset(calibrate: bool = True) -> dict:
         if calibrate:
             calibrate_batch_norms(state, arch, prefix="backbone.")
         preset = get_preset(f"upernet-mpvit-{size}-ade20k-512")
-        model = _built(convert_mpvit_checkpoint(state, preset.config, preset_name=preset.name, task="segmentation",
-                                                id2label=id2label))
+        converted = convert_mpvit_checkpoint(state, preset.config, preset_name=preset.name, task="segmentation",
+                                             id2label=id2label)
+        model = converted.build_model()
         worst = scale = 0.0
         for shape in SIZES:
             pixels = _inputs(shape, seed=4)[:1]

@@ -183,8 +183,7 @@ def test_mmseg_layout_matches_mmseg():
     assert converted.source == "mmseg" and converted.dropped == {}
     assert converted.model_class is SegformerMmsegForSemanticSegmentation
     assert converted.config.decoder_hidden_size == 24  # mmseg's head width, not the preset's authors' width
-    model = converted.model_class(converted.config).eval()
-    model.load_state_dict(converted.state_dict, strict=True)
+    model = converted.build_model()
     worst = 0.0
     for size in SIZES:
         pixels = _inputs(size)
@@ -208,8 +207,7 @@ def test_original_layout_matches_reference():
     from transformers import SegformerForSemanticSegmentation
 
     assert converted.model_class is SegformerForSemanticSegmentation
-    model = converted.model_class(converted.config).eval()
-    model.load_state_dict(converted.state_dict, strict=True)
+    model = converted.build_model()
     worst = 0.0
     for size in SIZES:
         pixels = _inputs(size)
@@ -241,8 +239,7 @@ def test_mit_imagenet_matches_reference():
     from transformers import SegformerForImageClassification
 
     assert converted.model_class is SegformerForImageClassification
-    model = converted.model_class(converted.config).eval()
-    model.load_state_dict(converted.state_dict, strict=True)
+    model = converted.build_model()
     worst = 0.0
     for size in SIZES:
         pixels = _inputs(size)
@@ -321,7 +318,7 @@ def measure_preset(name: str, layout: str, sizes, calibration_size=(256, 256), d
     which transformers' Segformer cannot express: MODELS.md §3.2), to separate that from the key mapping."""
     from conversion_fixtures import batch_norm_statistics_of_next_batch
 
-    from hf_seg.convert.cli import CONVERTERS, _build_model
+    from hf_seg.convert.cli import CONVERTERS
     from hf_seg.labels import load_label_set
     from hf_seg.presets import get_preset
 
@@ -351,7 +348,7 @@ def measure_preset(name: str, layout: str, sizes, calibration_size=(256, 256), d
             reference = lambda pixels: model.decode_head(model.backbone(pixels))  # noqa: E731
     converted = CONVERTERS["segformer"].convert(checkpoint, preset, id2label, "auto")
     assert converted.source == layout, converted.source
-    target = _build_model(converted).to(dtype)
+    target = converted.build_model().to(dtype)
     if layout == "original":
         head.update({key: value.to(dtype) for key, value in head.items()})
         for norm in backbone.modules():

@@ -215,12 +215,6 @@ def _authors_mla_head(head: dict, neck_outputs_deep_first: list[torch.Tensor], s
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def _hf_model(converted):
-    model = converted.model_class(converted.config).eval()
-    model.load_state_dict(converted.state_dict, strict=True)
-    return model
-
-
 def _inputs(size):
     return torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
 
@@ -248,7 +242,7 @@ def test_original_layout_matches_reference(variant):
     assert len(dropped) == 2 * (1 + len(TINY_PRESETS[variant]["auxiliary_in_indices"]))
     config = converted.config
     assert config.patch_bias and (variant == "mla" or config.head_conv_bias)
-    model = _hf_model(converted)
+    model = converted.build_model()
     worst = 0.0
     for size in SIZES:
         pixels = _inputs(size)
@@ -292,7 +286,7 @@ def test_mmseg_layout_matches_mmseg(variant):
         assert config.mla_classifier_kernel_size == 1 and not config.mla_head_align_corners
     if variant == "naive":
         assert config.decoder_upsample_scale == 4
-    model = _hf_model(converted)
+    model = converted.build_model()
     worst = 0.0
     for size in SIZES:
         pixels = _inputs(size)
@@ -323,7 +317,7 @@ def measure_preset(name: str, layout: str, sizes, calibration_size=(256, 256),
     BatchNorm statistics of one random batch, converted by `hf_seg.convert.cli`'s converter for the preset (as
     `convert_setr.py` does); returns the max |logit difference| per input size (batch 1, both models run in `dtype`)
     and the reference logits' std on the first size."""
-    from hf_seg.convert.cli import CONVERTERS, _build_model
+    from hf_seg.convert.cli import CONVERTERS
     from hf_seg.labels import load_label_set
     from hf_seg.presets import create_config, get_preset
 
@@ -341,7 +335,7 @@ def measure_preset(name: str, layout: str, sizes, calibration_size=(256, 256),
                               calibrate=True)
     converted = CONVERTERS["setr"].convert(checkpoint, preset, load_label_set(preset.label_set)[0], "auto")
     assert converted.source == layout, converted.source
-    model = _build_model(converted).to(dtype)
+    model = converted.build_model().to(dtype)
     reference, mla_head = reference.to(dtype), {key: value.to(dtype) for key, value in mla_head.items()}
     differences, scale = [], None
     for size in sizes:

@@ -77,17 +77,6 @@ def build_parser(family: str, prog: str | None = None) -> argparse.ArgumentParse
     return parser
 
 
-def _build_model(converted: ConvertedCheckpoint):
-    """The target model holding the converted tensors (built on the meta device: no random init of big models)."""
-    with torch.device("meta"):
-        model = converted.model_class(converted.config)
-    model.load_state_dict(converted.state_dict, strict=True, assign=True)
-    left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
-    if left:
-        raise ConversionError(f"tensors not filled by the checkpoint: {', '.join(left[:10])}")
-    return model.eval()
-
-
 def write_folder(model, processor, output_dir: Path, card: str) -> list[str]:
     """save_pretrained of model and processor (safetensors; Hub code through register_for_auto_class) + README.md."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +147,7 @@ def convert(family: str, checkpoint: str, model_name: str, output_dir: str, sour
         raise ConversionError(f"{checkpoint} -> {model_name}: {error}") from error
     except ValueError as error:  # strict mapping errors of the older SETR mmseg path
         raise ConversionError(f"{checkpoint} -> {model_name}: {error}") from error
-    model = _build_model(converted)
+    model = converted.build_model()
     processor = create_image_processor(model_name)
     from .cards import model_card
 

@@ -154,6 +154,17 @@ class ConvertedCheckpoint:
     source: str
     dropped: dict[str, list[str]]
 
+    def build_model(self):
+        """The target model in eval mode holding the converted tensors (built on the meta device: no random init of
+        big models)."""
+        with torch.device("meta"):
+            model = self.model_class(self.config)
+        model.load_state_dict(self.state_dict, strict=True, assign=True)
+        left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+        if left:
+            raise ConversionError(f"tensors not filled by the checkpoint: {', '.join(left[:10])}")
+        return model.eval()
+
 
 def check_fits_preset(read: Mapping, preset_config: Mapping, preset_name: str) -> None:
     """Refuse a checkpoint whose architecture (fields read from its shapes) differs from the preset's."""
