@@ -215,10 +215,41 @@ def test_bad_labels_mmseg_silently_drops(mmseg_iou):
 # evaluate module
 
 
-def test_evaluate_module_offline_equals_class():
+# The Hub metric's keys; the values equal SegmentationConfusionMatrix's mIoU / mAcc / aAcc.
+HUB_KEYS = {"mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy"}
+CLASS_KEY = {"mean_iou": "mIoU", "mean_accuracy": "mAcc", "overall_accuracy": "aAcc"}
+
+
+@pytest.fixture(scope="module")
+def mean_iou_metric():
     import evaluate
 
     assert os.environ.get("HF_EVALUATE_OFFLINE") == "1" and os.environ.get("HF_HUB_OFFLINE") == "1"
+    return evaluate.load(MEAN_IOU_METRIC_PATH)
+
+
+def assert_equals_class(out, expected):
+    """`out` (evaluate module) against `SegmentationConfusionMatrix.compute()`, bit for bit."""
+    assert set(out) == HUB_KEYS
+    for key, class_key in CLASS_KEY.items():
+        assert isinstance(out[key], float)
+        np.testing.assert_array_equal(out[key], expected[class_key])
+    for key in ("per_category_iou", "per_category_accuracy"):
+        assert isinstance(out[key], np.ndarray) and out[key].dtype == np.float64
+        np.testing.assert_array_equal(out[key], expected[key])
+
+
+def assert_metrics(out, mean_iou, mean_accuracy, overall_accuracy, iou, accuracy):
+    assert set(out) == HUB_KEYS
+    np.testing.assert_allclose(
+        [out["mean_iou"], out["mean_accuracy"], out["overall_accuracy"]], [mean_iou, mean_accuracy, overall_accuracy],
+        rtol=1e-12, atol=0,
+    )
+    np.testing.assert_allclose(out["per_category_iou"], iou, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(out["per_category_accuracy"], accuracy, rtol=1e-12, atol=0)
+
+
+def test_evaluate_module_offline_equals_class(mean_iou_metric):
     source = open(os.path.join(MEAN_IOU_METRIC_PATH, "mean_iou.py"), encoding="utf-8").read()
     imported = {
         (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
@@ -228,28 +259,338 @@ def test_evaluate_module_offline_equals_class():
     }
     assert imported <= {"datasets", "evaluate", "numpy"}, imported  # self-contained: evaluate copies the file alone
 
-    metric = evaluate.load(MEAN_IOU_METRIC_PATH)
+    metric = mean_iou_metric
     preds, labels = random_case(8, 6, [(11, 17), (5, 9), (20, 3)])
     raw_labels = [np.where(label == 255, 0, label + 1) for label in labels]  # un-reduced form of the same labels
     for reduce_labels, refs in ((False, labels), (True, raw_labels)):
+        cm = SegmentationConfusionMatrix(6, reduce_labels=reduce_labels)
+        cm.update(preds, refs)
         out = metric.compute(
             predictions=preds, references=refs, num_labels=6, ignore_index=255, reduce_labels=reduce_labels
         )
-        cm = SegmentationConfusionMatrix(6, reduce_labels=reduce_labels)
-        cm.update(preds, refs)
-        expected = cm.compute()
-        np.testing.assert_array_equal(out["confusion_matrix"], cm.matrix.numpy())
-        for key, value in expected.items():
-            np.testing.assert_allclose(out[key], value, rtol=0, atol=0, equal_nan=True)
+        assert_equals_class(out, cm.compute())
+        with_matrix = metric.compute(
+            predictions=preds, references=refs, num_labels=6, ignore_index=255, reduce_labels=reduce_labels,
+            return_confusion_matrix=True,
+        )
+        assert set(with_matrix) == HUB_KEYS | {"confusion_matrix"}
+        assert with_matrix["confusion_matrix"].dtype == np.int64
+        np.testing.assert_array_equal(with_matrix["confusion_matrix"], cm.matrix.numpy())
 
-    # batch by batch through evaluate's add_batch
-    for p, r in zip(preds, labels):
-        metric.add_batch(predictions=[p], references=[r])
+    # batch by batch through evaluate's add_batch / add, and straight through _compute (as PEFT's guide calls it)
     cm = SegmentationConfusionMatrix(6)
     cm.update(preds, labels)
-    assert metric.compute(num_labels=6)["mIoU"] == cm.compute()["mIoU"]
-    with pytest.raises(ValueError, match=r"references contain values \[7\]"):
-        metric.compute(predictions=[np.zeros((2, 2), int)], references=[np.full((2, 2), 7)], num_labels=6)
+    for p, r in zip(preds, labels):
+        metric.add_batch(predictions=[p], references=[r])
+    assert_equals_class(metric.compute(num_labels=6, ignore_index=255), cm.compute())
+    for p, r in zip(preds, labels):
+        metric.add(prediction=torch.as_tensor(p), reference=r.tolist())
+    assert_equals_class(metric.compute(num_labels=6), cm.compute())  # ignore_index defaults to 255
+    assert_equals_class(metric._compute(predictions=preds, references=labels, num_labels=6, ignore_index=255),
+                        cm.compute())
+
+
+def test_evaluate_module_hub_documented_example(mean_iou_metric):
+    """The example in the Hub metric's docstring (huggingface/evaluate metrics/mean_iou), with its printed result.
+
+    Its 255 predictions sit on pixels whose reference is 255 (ignored), so the strict checks accept it."""
+    predicted = [
+        np.array([[1, 2], [3, 4], [5, 255]]),
+        np.array([[2, 7], [9, 2], [3, 6]]),
+        np.array([[2, 2, 3], [8, 2, 4], [3, 255, 2]]),
+    ]
+    ground_truth = [
+        np.array([[0, 3], [5, 4], [6, 255]]),
+        np.array([[1, 7], [9, 2], [3, 6]]),
+        np.array([[1, 2, 2], [8, 2, 1], [3, 255, 1]]),
+    ]
+    out = mean_iou_metric.compute(
+        predictions=predicted, references=ground_truth, num_labels=10, ignore_index=255, reduce_labels=False
+    )
+    assert out["mean_iou"] == 0.47750000000000004
+    assert out["mean_accuracy"] == 0.5916666666666666
+    assert out["overall_accuracy"] == 0.5263157894736842
+    np.testing.assert_allclose(out["per_category_iou"], [0, 0, 0.375, 0.4, 0.5, 0, 0.5, 1, 1, 1], rtol=1e-12)
+    np.testing.assert_allclose(out["per_category_accuracy"], [0, 0, 0.75, 2 / 3, 1, 0, 0.5, 1, 1, 1], rtol=1e-12)
+
+
+def _example_compute_metrics(metric, id2label, do_reduce_labels):
+    """transformers' examples/pytorch/semantic-segmentation/run_semantic_segmentation.py ``compute_metrics``, as
+    written there (``ignore_index=0``, ``reduce_labels=image_processor.do_reduce_labels``)."""
+    from torch import nn
+
+    @torch.no_grad()
+    def compute_metrics(eval_pred):
+        logits, labels = eval_pred
+        logits_tensor = torch.from_numpy(logits)
+        # scale the logits to the size of the label
+        logits_tensor = nn.functional.interpolate(
+            logits_tensor,
+            size=labels.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
+        ).argmax(dim=1)
+
+        pred_labels = logits_tensor.detach().cpu().numpy()
+        metrics = metric.compute(
+            predictions=pred_labels,
+            references=labels,
+            num_labels=len(id2label),
+            ignore_index=0,
+            reduce_labels=do_reduce_labels,
+        )
+        # add per category metrics as individual key-value pairs
+        per_category_accuracy = metrics.pop("per_category_accuracy").tolist()
+        per_category_iou = metrics.pop("per_category_iou").tolist()
+
+        metrics.update({f"accuracy_{id2label[i]}": v for i, v in enumerate(per_category_accuracy)})
+        metrics.update({f"iou_{id2label[i]}": v for i, v in enumerate(per_category_iou)})
+
+        return metrics
+
+    return compute_metrics
+
+
+def test_transformers_example_compute_metrics_through_trainer(mean_iou_metric, tmp_path, capsys):
+    """The example's compute_metrics in a real Trainer.evaluate (numpy logits and labels), then the example's
+    trainer.log_metrics("eval", ...) and trainer.save_metrics("eval", ...)."""
+    import json
+
+    from torch.utils.data import Dataset
+    from transformers import Trainer, TrainingArguments
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    id2label = {0: "unlabeled", 1: "road", 2: "car", 3: "sky"}  # sidewalk-semantic style: 0 is a class, ignored
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, len(id2label), 1)
+
+        def forward(self, pixel_values, labels=None):
+            logits = self.conv(pixel_values)[:, :, ::4, ::4]  # quarter resolution, like SegFormer
+            return SemanticSegmenterOutput(loss=logits.mean() * 0, logits=logits)
+
+    class Data(Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(100 + i)
+            label = torch.randint(0, len(id2label), (12, 16), generator=g)
+            pixel_values = torch.nn.functional.one_hot(label, len(id2label))[..., :3].permute(2, 0, 1).float()
+            pixel_values = pixel_values + 0.5 * torch.randn(3, 12, 16, generator=g)
+            return {"pixel_values": pixel_values, "labels": label}
+
+    model = Tiny()
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to=[], use_cpu=True)
+    trainer = Trainer(
+        model=model, args=args, eval_dataset=Data(),
+        compute_metrics=_example_compute_metrics(mean_iou_metric, id2label, do_reduce_labels=False),
+    )
+    metrics = trainer.evaluate()
+    capsys.readouterr()
+    trainer.log_metrics("eval", metrics)
+    printed = capsys.readouterr().out
+    trainer.save_metrics("eval", metrics)
+    saved = json.loads((tmp_path / "eval_results.json").read_text())
+
+    cm = SegmentationConfusionMatrix(len(id2label), ignore_index=0)
+    with torch.no_grad():
+        for i in range(len(Data())):
+            item = Data()[i]
+            logits = model(item["pixel_values"][None]).logits
+            cm.update(preprocess_logits_for_metrics(logits, item["labels"][None]), item["labels"][None])
+    expected = cm.compute()
+    assert 0 < expected["mIoU"] < 1 and np.isnan(expected["per_category_accuracy"][0])  # class 0 is all ignored
+
+    names = [f"{kind}_{id2label[i]}" for kind in ("accuracy", "iou") for i in range(len(id2label))]
+    wanted = {f"eval_{k}" for k in ["mean_iou", "mean_accuracy", "overall_accuracy", *names]}
+    assert wanted <= set(metrics)
+    assert not any(isinstance(v, np.ndarray) for v in metrics.values())
+    for key, class_key in CLASS_KEY.items():
+        assert type(metrics[f"eval_{key}"]) is float and metrics[f"eval_{key}"] == expected[class_key]
+        assert saved[f"eval_{key}"] == expected[class_key]
+        assert f"eval_{key}" in printed and f"{round(expected[class_key], 4)}" in printed
+    for i in range(1, len(id2label)):
+        assert metrics[f"eval_iou_{id2label[i]}"] == expected["per_category_iou"][i]
+        assert metrics[f"eval_accuracy_{id2label[i]}"] == expected["per_category_accuracy"][i]
+    assert math.isnan(metrics["eval_accuracy_unlabeled"]) and math.isnan(saved["eval_accuracy_unlabeled"])
+
+
+def test_transformers_example_compute_metrics_call(mean_iou_metric):
+    """The same compute_metrics on an EvalPrediction, and the result in Trainer's own formatting helpers."""
+    import json
+    import types
+
+    from transformers import EvalPrediction
+    from transformers.trainer_pt_utils import log_metrics, metrics_format
+    from transformers.trainer_utils import denumpify_detensorize
+
+    id2label = {i: f"c{i}" for i in range(5)}
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 5, size=(3, 16, 12))
+    logits = rng.standard_normal((3, 5, 4, 3)).astype(np.float32)
+    metrics = _example_compute_metrics(mean_iou_metric, id2label, False)(
+        EvalPrediction(predictions=logits, label_ids=labels)
+    )
+    preds = torch.nn.functional.interpolate(
+        torch.from_numpy(logits), size=(16, 12), mode="bilinear", align_corners=False
+    ).argmax(1)
+    cm = SegmentationConfusionMatrix(5, ignore_index=0)
+    cm.update(preds, labels)
+    expected = cm.compute()
+    assert len(metrics) == 3 + 2 * 5 and all(type(v) is float for v in metrics.values())
+    assert metrics["mean_iou"] == expected["mIoU"] and metrics["iou_c3"] == expected["per_category_iou"][3]
+    assert json.dumps(denumpify_detensorize(dict(metrics))) == json.dumps(metrics)  # what Trainer.evaluate does
+    assert all(isinstance(v, float) for v in metrics_format(metrics).values())
+    log_metrics(types.SimpleNamespace(is_world_process_zero=lambda: True), "eval", metrics)
+    assert json.loads(json.dumps(metrics)).keys() == metrics.keys()
+
+    # with do_reduce_labels=True the example's ignore_index=0 does not ignore the 255 that reduce_labels makes of 0:
+    # the Hub metric half-counts those pixels (their predictions join the union), this module refuses them
+    with pytest.raises(ValueError, match=r"references contain values \[255\].*pass ignore_index=255"):
+        _example_compute_metrics(mean_iou_metric, id2label, True)(EvalPrediction(predictions=logits, label_ids=labels))
+
+
+def test_evaluate_module_ignore_index_by_hand(mean_iou_metric):
+    # reference 7 is ignored, with its out-of-range-free prediction 2; the other 5 pixels:
+    # (r0,p0) (r0,p1) (r1,p1) (r1,p1) (r2,p0) -> intersect [1, 2, 0], area_label [2, 2, 1], area_pred [2, 3, 0]
+    pred = np.array([[0, 1, 1], [1, 0, 2]])
+    ref = np.array([[0, 0, 1], [1, 2, 7]])
+    out = mean_iou_metric.compute(predictions=[pred], references=[ref], num_labels=3, ignore_index=7)
+    assert_metrics(out, 1 / 3, 0.5, 3 / 5, iou=[1 / 3, 2 / 3, 0], accuracy=[0.5, 1, 0])
+    # a prediction outside [0, K) is fine on an ignored pixel
+    out = mean_iou_metric.compute(
+        predictions=[np.where(ref == 7, 99, pred)], references=[ref], num_labels=3, ignore_index=7
+    )
+    assert_metrics(out, 1 / 3, 0.5, 3 / 5, iou=[1 / 3, 2 / 3, 0], accuracy=[0.5, 1, 0])
+    # ignore_index=None ignores nothing (as the Hub metric's `label != None`): the 7 is then refused
+    with pytest.raises(ValueError, match=r"references contain values \[7\] outside \[0, 3\).*ignore_index=None"):
+        mean_iou_metric.compute(predictions=[pred], references=[ref], num_labels=3, ignore_index=None)
+    out = mean_iou_metric.compute(
+        predictions=[pred], references=[np.where(ref == 7, 2, ref)], num_labels=3, ignore_index=None
+    )
+    assert_metrics(out, (1 / 3 + 2 / 3 + 1 / 2) / 3, 2 / 3, 4 / 6, iou=[1 / 3, 2 / 3, 1 / 2], accuracy=[0.5, 1, 0.5])
+
+
+def test_evaluate_module_nan_to_num_by_hand(mean_iou_metric):
+    # class 1 only predicted (IoU 0, accuracy 0/0), class 2 nowhere (both 0/0)
+    pred, ref = np.array([[0, 1], [0, 0]]), np.zeros((2, 2), int)
+    nan = float("nan")
+    out = mean_iou_metric.compute(predictions=[pred], references=[ref], num_labels=3, ignore_index=255)
+    np.testing.assert_array_equal(out["per_category_iou"], [0.75, 0, nan])
+    np.testing.assert_array_equal(out["per_category_accuracy"], [0.75, nan, nan])
+    assert (out["mean_iou"], out["mean_accuracy"], out["overall_accuracy"]) == (0.375, 0.75, 0.75)
+    # NaNs replaced after the means are taken (the means stay NaN-means), in the arrays too
+    for fill in (0, -1, 0.5):
+        out = mean_iou_metric.compute(
+            predictions=[pred], references=[ref], num_labels=3, ignore_index=255, nan_to_num=fill
+        )
+        assert_metrics(out, 0.375, 0.75, 0.75, iou=[0.75, 0, fill], accuracy=[0.75, fill, fill])
+        assert out["per_category_iou"].dtype == np.float64 and type(out["mean_iou"]) is float
+    # every pixel ignored: all five are NaN, or the fill value
+    allignored = dict(predictions=[pred], references=[np.full((2, 2), 255)], num_labels=3, ignore_index=255)
+    out = mean_iou_metric.compute(**allignored)
+    assert all(np.isnan(v).all() for v in out.values())
+    out = mean_iou_metric.compute(**allignored, nan_to_num=5)
+    assert_metrics(out, 5, 5, 5, iou=[5, 5, 5], accuracy=[5, 5, 5])
+
+
+def test_evaluate_module_label_map_and_reduce_labels_by_hand(mean_iou_metric):
+    # label_map: every entry reads the original labels (1 <-> 2 swap), then 3 -> ignored
+    ref, pred = np.array([[1, 2], [3, 0]]), np.array([[2, 2], [0, 0]])
+    # mapped reference [[2, 1], [255, 0]]: (r2,p2) (r1,p2) (r0,p0)
+    expected = dict(mean_iou=0.5, mean_accuracy=2 / 3, overall_accuracy=2 / 3, iou=[1, 0, 0.5], accuracy=[1, 0, 1])
+    for label_map in ({1: 2, 2: 1, 3: 255}, {"1": "2", "2": "1", "3": "255"}):  # JSON-style string keys too
+        out = mean_iou_metric.compute(
+            predictions=[pred], references=[ref], num_labels=3, ignore_index=255, label_map=label_map
+        )
+        assert_metrics(out, **expected)
+    # reduce_labels: 0 -> 255, 255 stays 255, k -> k - 1, on uint8 maps (no wrap-around)
+    ref8 = np.array([[0, 255, 1, 3]], dtype=np.uint8)  # reduced: [255, 255, 0, 2]
+    out = mean_iou_metric.compute(
+        predictions=[np.array([[2, 2, 0, 1]])], references=[ref8], num_labels=3, ignore_index=255, reduce_labels=True
+    )
+    assert_metrics(out, 1 / 3, 0.5, 0.5, iou=[1, 0, 0], accuracy=[1, float("nan"), 0])
+    # label_map first, then reduce_labels: {3: 0} makes the 3 a background 0, which reduce_labels sends to 255
+    ref, pred = np.array([[0, 1], [2, 3]]), np.array([[1, 0], [0, 1]])  # -> [[255, 0], [1, 255]]
+    out = mean_iou_metric.compute(
+        predictions=[pred], references=[ref], num_labels=2, ignore_index=255, label_map={3: 0}, reduce_labels=True
+    )
+    assert_metrics(out, 0.25, 0.5, 0.5, iou=[0.5, 0], accuracy=[1, 0])
+    # the other order would leave a 2 (from 3), outside [0, 2): what the error reports
+    with pytest.raises(ValueError, match=r"values \[2\] outside \[0, 2\).*\(after label_map and reduce_labels\)"):
+        mean_iou_metric.compute(
+            predictions=[pred], references=[ref], num_labels=2, ignore_index=255, label_map={0: 0}, reduce_labels=True
+        )
+
+
+@pytest.mark.parametrize("ignore_index", [255, 0, -100])
+def test_evaluate_module_random_maps_equal_class(mean_iou_metric, ignore_index):
+    preds, labels = random_case(40 + ignore_index % 7, 7, [(13, 11), (8, 20), (17, 17)], ignore_frac=0.15)
+    labels = [np.where(label == 255, ignore_index, label) for label in labels]
+    # a label_map that permutes the classes (reading the original labels) and sends class 6 to ignore_index
+    perm = {c: (c + 2) % 6 for c in range(6)} | {6: ignore_index}
+    if ignore_index == 0:
+        perm = {0: 6, 6: 0, 1: 2, 2: 1}  # the ignored pixels become class 6, class 6 becomes ignored
+    mapped = [np.vectorize(lambda v: perm.get(int(v), int(v)))(label) for label in labels]
+    for kwargs, refs in (({}, labels), ({"label_map": perm}, mapped)):
+        cm = SegmentationConfusionMatrix(7, ignore_index=ignore_index)
+        cm.update(preds, refs)
+        expected = cm.compute()
+        out = mean_iou_metric.compute(
+            predictions=preds, references=labels, num_labels=7, ignore_index=ignore_index, **kwargs
+        )
+        assert_equals_class(out, expected)
+        filled = mean_iou_metric.compute(
+            predictions=preds, references=labels, num_labels=7, ignore_index=ignore_index, nan_to_num=-1, **kwargs
+        )
+        for key in ("per_category_iou", "per_category_accuracy"):
+            np.testing.assert_array_equal(filled[key], np.where(np.isnan(expected[key]), -1, expected[key]))
+    # reduce_labels against the class's reduce_labels (which always reduces to 255)
+    if ignore_index == 255:
+        raw = [np.where(label == 255, 0, label + 1) if i != 1 else np.where(label == 255, 255, label + 1)
+               for i, label in enumerate(labels)]  # background as 0, and as an already-ignored 255
+        cm = SegmentationConfusionMatrix(7, reduce_labels=True)
+        cm.update(preds, raw)
+        out = mean_iou_metric.compute(predictions=preds, references=raw, num_labels=7, ignore_index=255,
+                                      reduce_labels=True)
+        assert_equals_class(out, cm.compute())
+
+
+def test_evaluate_module_refuses_out_of_range_values(mean_iou_metric):
+    """The Hub metric silently drops these from one histogram; this module names them."""
+    metric = mean_iou_metric
+    zeros = np.zeros((2, 2), int)
+    with pytest.raises(ValueError, match=r"references contain values \[7\] outside \[0, 6\) that are not "
+                                         r"ignore_index=255"):
+        metric.compute(predictions=[zeros], references=[np.full((2, 2), 7)], num_labels=6, ignore_index=255)
+    with pytest.raises(ValueError, match=r"references contain values \[-3, 4\] outside \[0, 4\)"):
+        metric.compute(predictions=[zeros], references=[np.array([[-3, 1], [4, 255]])], num_labels=4,
+                       ignore_index=255)
+    with pytest.raises(ValueError, match=r"references contain values \[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, \.\.\.\] "):
+        metric.compute(predictions=[np.zeros((1, 30), int)], references=[np.arange(30)[None]], num_labels=1,
+                       ignore_index=255)  # 29 bad values: the first ten are named
+    with pytest.raises(ValueError, match=r"references contain values \[-100\].*pass ignore_index=-100"):
+        metric.compute(predictions=[zeros], references=[np.array([[0, 1], [-100, -100]])], num_labels=2,
+                       ignore_index=255)
+    with pytest.raises(ValueError, match=r"predictions contain values \[-1, 9\] outside \[0, 4\) on pixels whose "
+                                         r"reference is not ignore_index=255"):
+        metric.compute(predictions=[np.array([[-1, 9], [0, 255]])], references=[np.array([[0, 1], [2, 255]])],
+                       num_labels=4, ignore_index=255)
+    with pytest.raises(ValueError, match=r"\[255\].*reduce_labels=True maps 0 to 255: pass ignore_index=255"):
+        metric.compute(predictions=[zeros], references=[np.array([[0, 1], [2, 3]])], num_labels=4, ignore_index=-1,
+                       reduce_labels=True)
+    # the same through _compute, and inputs that are not 2-D integer maps
+    with pytest.raises(ValueError, match=r"references contain values \[9\]"):
+        metric._compute(predictions=[np.array([[1, 1]])], references=[np.array([[1, 9]])], num_labels=3)
+    with pytest.raises(TypeError, match="integer class indices"):
+        metric.compute(predictions=[np.zeros((2, 2), np.float32)], references=[zeros], num_labels=2)
+    with pytest.raises(ValueError, match=r"references\[0\] has shape \(2, 2, 3\); expected a 2-D"):
+        metric.compute(predictions=[zeros], references=[np.zeros((2, 2, 3), int)], num_labels=2)
+    with pytest.raises(ValueError, match=r"prediction and reference 0 differ in shape"):
+        metric._compute(predictions=[zeros], references=[np.zeros((2, 3), int)], num_labels=2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
