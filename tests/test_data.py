@@ -160,7 +160,10 @@ def test_load_from_disk_detects_columns_and_class_labels(tmp_path):
 
     data, info = load_segmentation_dataset(tmp_path / "dd", split="validation")
     assert len(data) == 1 and info["image_column"] == "pixel_values" and info["label_column"] == "semantic_map"
-    assert info["id2label"] == {0: "in", 1: "out"}  # from the ClassLabel feature
+    assert info["id2label"] is None  # the ClassLabel of another column ("scene") never names the label map's classes
+    (tmp_path / "dd" / "id2label.json").write_text(json.dumps(["sky", "tree", "road"]))
+    _, info = load_segmentation_dataset(tmp_path / "dd", split="validation")
+    assert info["id2label"] == {0: "sky", 1: "tree", 2: "road"} and info["labels_source"].endswith("id2label.json")
 
     label_file = tmp_path / "labels.json"
     label_file.write_text(json.dumps({"names": ["sky", "tree"], "palette": [[0, 0, 0], [1, 1, 1]]}))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import datasets
-from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 
+from .labels import find_class_names
+
 IMAGE_COLUMN_NAMES = ("image", "pixel_values", "img", "images")
-LABEL_COLUMN_NAMES = ("label", "annotation", "semantic_map", "mask", "segmentation_map", "labels", "gt_seg_map", "seg")
+LABEL_COLUMN_NAMES = (
+    "label", "annotation", "semantic_map", "mask", "segmentation_map", "labels", "gt_seg_map", "seg", "segmentation",
+)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
 
@@ -19,7 +22,8 @@ __all__ = ["load_segmentation_dataset", "SegmentationDatasetInfo"]
 
 
 class SegmentationDatasetInfo(dict):
-    """Plain dict with ``image_column``, ``label_column``, ``id2label`` (or None); attached as ``dataset.seg_info``."""
+    """Plain dict with ``image_column``, ``label_column``, ``id2label`` (None when the data names no classes),
+    ``labels_source`` (where the names came from) and ``reduce_labels`` (the data set's own convention, or None)."""
 
 
 def _list_files(folder: Path, extensions) -> dict[str, Path]:
@@ -67,6 +71,15 @@ def _load_image_folder(root: Path) -> DatasetDict:
     return DatasetDict(splits)
 
 
+def _is_2d_sequence(feature) -> bool:
+    """A feature of nested sequences (a label map stored as lists of lists)."""
+    depth = 0
+    while isinstance(feature, (datasets.Sequence, datasets.List, list)):
+        feature = feature.feature if not isinstance(feature, list) else feature[0]
+        depth += 1
+    return depth == 2
+
+
 def _detect_column(dataset: Dataset, given: str | None, names, what: str, exclude=None) -> str:
     columns = dataset.column_names
     if given is not None:
@@ -79,35 +92,14 @@ def _detect_column(dataset: Dataset, given: str | None, names, what: str, exclud
     image_like = [c for c, f in dataset.features.items() if isinstance(f, ImageFeature) and c != exclude]
     if image_like:
         return image_like[0]
+    maps = [c for c, f in dataset.features.items() if c != exclude and _is_2d_sequence(f)]  # e.g. of ClassLabel ids
+    if maps:
+        return maps[0]
     raise ValueError(f"Cannot detect the {what} column among {columns}; pass {what}_column=.")
 
 
-def _load_id2label(id2label, dataset: Dataset, label_column: str):
-    if id2label is None:
-        feature = dataset.features.get(label_column)
-        if isinstance(feature, ClassLabel):
-            return dict(enumerate(feature.names))
-        for feature in dataset.features.values():  # e.g. a per-dataset ClassLabel column beside the map
-            if isinstance(feature, ClassLabel):
-                return dict(enumerate(feature.names))
-        return None
-    if isinstance(id2label, (str, os.PathLike)):
-        with open(id2label, encoding="utf-8") as handle:
-            id2label = json.load(handle)
-        if isinstance(id2label, dict) and "names" in id2label and isinstance(id2label["names"], list):
-            id2label = id2label["names"]  # hf_seg/labels/*.json layout
-    if isinstance(id2label, list):
-        return dict(enumerate(id2label))
-    if isinstance(id2label, dict):
-        try:
-            return {int(k): str(v) for k, v in id2label.items()}
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"id2label keys must be integers, got {list(id2label)[:5]}") from error
-    raise ValueError(f"id2label must be a dict, a list of names or a JSON file path, got {type(id2label).__name__}.")
-
-
 def load_segmentation_dataset(
-    source: str | os.PathLike,
+    source,
     split: str | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
@@ -118,23 +110,27 @@ def load_segmentation_dataset(
     """
     Load a semantic-segmentation dataset and find its image / label columns and class names.
 
-    ``source`` is (checked in this order) a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``,
-    a local folder ``<root>/images/<split>/*`` + ``<root>/annotations/<split>/*.png`` (or flat ``images/`` +
+    ``source`` is (checked in this order) a ``Dataset`` / ``DatasetDict`` in memory, a folder written by
+    ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, a local folder ``<root>/images/<split>/*`` + ``<root>/annotations/<split>/*.png`` (or flat ``images/`` +
     ``annotations/``, loaded as split ``train``; images and maps are paired by file stem), or a Hub dataset id
     (``datasets.load_dataset(source, **load_dataset_kwargs)``).
 
     Returns ``(dataset, info)``: a ``Dataset`` when ``split`` is given, else a ``DatasetDict``; ``info`` is a dict with
-    ``image_column``, ``label_column`` and ``id2label`` (``None`` when unknown). ``id2label`` may be a dict, a list
-    of names, or a JSON file path (a dict, a list, or hf_seg's ``{"names": [...]}`` label-set files); without it,
-    a ``ClassLabel`` feature of the dataset supplies the names.
+    ``image_column``, ``label_column``, ``id2label`` (``None`` when the data names no classes), ``labels_source`` and
+    ``reduce_labels``, found by `hf_seg.data.labels.find_class_names`: the given ``id2label`` (a dict, a list of
+    names, a JSON file or a bundled label-set name), a ``ClassLabel`` of the label column, an ``id2label.json`` in
+    the folder, or a known Hub data set.
 
     ``decode=False`` casts the image and label columns (when they are ``Image`` features) to ``Image(decode=False)``:
     the hf_seg transforms then decode each file themselves, so an unreadable or truncated file becomes a
     ``ValueError`` naming the example and file (or is skipped with ``on_bad_example="skip"``) instead of an error
     inside ``datasets``.
     """
-    path = Path(source)
-    if path.is_dir():
+    in_memory = isinstance(source, (Dataset, DatasetDict))
+    path = None if in_memory else Path(source)
+    if in_memory:
+        data = source
+    elif path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file() or (
             path / "state.json"
         ).is_file():
@@ -142,21 +138,27 @@ def load_segmentation_dataset(
         else:
             data = _load_image_folder(path)
     else:
+        if path.exists():
+            raise ValueError(f"dataset {source} is a file; pass a save_to_disk folder, an images/ + annotations/ "
+                             "folder or a Hub dataset id")
+        if str(source).startswith((".", "/", "~")) or path.is_absolute() or len(path.parts) > 2:
+            raise ValueError(f"dataset folder {source} does not exist")
         if split is not None:
             load_dataset_kwargs.setdefault("split", split)
         data = datasets.load_dataset(str(source), **load_dataset_kwargs)
+    where = "the data set" if in_memory else str(source)
     if isinstance(data, Dataset):
         data = DatasetDict({split or "train": data})
     if split is not None:
         if split not in data:
-            raise ValueError(f"Split {split!r} not found in {source}; available: {list(data)}.")
+            raise ValueError(f"Split {split!r} not found in {where}; available: {list(data)}.")
         data = data[split]
         parts = {split: data}
     else:
         parts = dict(data)
     for name, part in parts.items():
         if len(part) == 0:
-            raise ValueError(f"Split {name!r} of {source} is empty.")
+            raise ValueError(f"Split {name!r} of {where} is empty.")
     first = next(iter(parts.values()))
     image_col = _detect_column(first, image_column, IMAGE_COLUMN_NAMES, "image")
     label_col = _detect_column(first, label_column, LABEL_COLUMN_NAMES, "label", exclude=image_col)
@@ -168,7 +170,9 @@ def load_segmentation_dataset(
                 if isinstance(parts[name].features.get(column), ImageFeature):
                     parts[name] = parts[name].cast_column(column, ImageFeature(decode=False))
         data = parts[split] if split is not None else DatasetDict(parts)
+    labels = find_class_names(None if in_memory else source, first, label_col, id2label)
     info = SegmentationDatasetInfo(
-        image_column=image_col, label_column=label_col, id2label=_load_id2label(id2label, first, label_col)
+        image_column=image_col, label_column=label_col, id2label=labels.id2label, labels_source=labels.source,
+        reduce_labels=labels.reduce_labels,
     )
     return data, info

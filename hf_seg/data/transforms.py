@@ -274,7 +274,8 @@ def _source_name(value) -> str | None:
 
 
 def _open(value):
-    """Datasets ``Image(decode=False)`` dicts, file paths and raw bytes → PIL; PIL / arrays pass through."""
+    """Datasets ``Image(decode=False)`` dicts, file paths and raw bytes → PIL; nested lists → an array; PIL / arrays
+    pass through."""
     if isinstance(value, dict):
         if value.get("bytes") is not None:
             value = value["bytes"]
@@ -282,6 +283,8 @@ def _open(value):
             value = value["path"]
         else:
             raise ValueError("empty image entry (no bytes and no path)")
+    if isinstance(value, (list, tuple)):  # a Sequence(Sequence(...)) column, e.g. of ClassLabel ids
+        return np.asarray(value)
     if isinstance(value, (bytes, bytearray)):
         image = Image.open(io.BytesIO(value))
         image.load()

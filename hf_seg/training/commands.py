@@ -37,14 +37,21 @@ class DataArguments:
     eval_split: str | None = field(default="validation", metadata={"help": "'none' for no evaluation"})
     image_column: str | None = field(default=None)
     label_column: str | None = field(default=None)
-    id2label: str | None = field(default=None, metadata={"help": "JSON file (dict or list of class names)"})
+    id2label: str | None = field(
+        default=None, metadata={"help": "JSON file (dict or list of class names) or a bundled label set (ade20k, ...)"}
+    )
     reduce_labels: bool | None = field(
-        default=None, metadata={"help": "mmseg reduce_zero_label (default: the processor's do_reduce_labels)"}
+        default=None,
+        metadata={"help": "mmseg reduce_zero_label: 0 = other / ignored, k -> k-1 (default: the data set's convention, "
+                          "e.g. ADE20K's; False for your own label maps)"},
     )
     eval_mode: str | None = field(default=None, metadata={"help": "whole or slide (default: the preset's)"})
     eval_crop_size: int | None = field(default=None)
     eval_stride: int | None = field(default=None)
     max_eval_examples: int | None = field(default=None)
+    per_class_metrics: bool = field(
+        default=False, metadata={"help": "print per-class IoU and accuracy too (all_results.json always has them)"}
+    )
 
 
 @dataclass
@@ -158,7 +165,9 @@ def train_main(argv: list[str] | None = None) -> int:
     if result.trainer.is_world_process_zero():
         from .evaluation import json_ready
 
-        print(json.dumps(json_ready({k: v for k, v in result.metrics.items() if "iou_" not in k[5:]}), indent=2))
+        per_class = ("eval_iou_", "eval_accuracy_")
+        shown = {k: v for k, v in result.metrics.items() if data_args.per_class_metrics or not k.startswith(per_class)}
+        print(json.dumps(json_ready(shown), indent=2))
         print(f"model folder: {result.output_dir}")
     return 0
 
@@ -178,8 +187,10 @@ class EvaluateArguments:
     split: str = field(default="validation")
     image_column: str | None = field(default=None)
     label_column: str | None = field(default=None)
-    reduce_labels: bool | None = field(default=None)
-    mode: str | None = field(default=None, metadata={"help": "whole or slide (default: the preset's or whole)"})
+    reduce_labels: bool | None = field(
+        default=None, metadata={"help": "default: the model folder's do_reduce_labels (its training data's setting)"}
+    )
+    mode: str | None = field(default=None, metadata={"help": "whole or slide (default: the model's test protocol)"})
     crop_size: int | None = field(default=None)
     stride: int | None = field(default=None)
     batch_size: int = field(default=4, metadata={"help": "windows / variants per model call"})

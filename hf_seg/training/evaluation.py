@@ -105,7 +105,17 @@ def evaluate_segmentation(
                 model, processor, images, mode=mode, crop_size=crop_size, stride=stride, batch_size=batch_size,
                 autocast_dtype=autocast_dtype,
             )
-            confusion.update(predictions, labels)
+            try:
+                confusion.update(predictions, labels)
+            except ValueError as error:
+                if "references contain values" not in str(error):
+                    raise
+                flag = "false" if reduce_labels else "true"
+                raise ValueError(
+                    f"examples {chunk[0]}..{chunk[-1]}: {error}; the model has {num_labels} classes and the labels "
+                    f"were read with reduce_labels={reduce_labels}. If that is not this data's convention, pass "
+                    f"--reduce_labels {flag} (reduce_labels={not reduce_labels})."
+                ) from error
     finally:
         model.train(was_training)
     confusion.all_reduce()

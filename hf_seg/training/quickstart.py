@@ -104,7 +104,6 @@ def run_quickstart(
             dataloader_num_workers=dataloader_num_workers,
             disable_tqdm=not verbose,
             use_cpu=True,
-            hub_model_id="hf-seg-quickstart-segformer",
         ),
     )
     metrics = {key[len("eval_"):]: value for key, value in result.metrics.items() if key.startswith("eval_")}

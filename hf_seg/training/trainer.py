@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,121 @@ def _resolve_recipe(recipe, model, preset_name, overrides) -> Recipe:
     return resolved.replace(**overrides) if overrides else resolved
 
 
+def _say(message: str) -> None:
+    """One line for the user on stderr, from the main process only."""
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:
+        print(f"hf_seg: {message}", file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def relabel_classifiers(model, id2label: dict[int, str]) -> list[str]:
+    """Give `model` the classes `id2label`: every classifier (a `...classifier` convolution or linear layer with one
+    output per class, in the decode and auxiliary heads) is re-initialised with `len(id2label)` outputs; nothing
+    else changes. Returns (and says) the names of the re-initialised layers."""
+    old = model.config.num_labels
+    new = len(id2label)
+    names = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] != "classifier" or not isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            continue
+        if module.weight.shape[0] != old:
+            continue
+        weight = module.weight
+        module.weight = torch.nn.Parameter(weight.new_empty((new, *weight.shape[1:])))
+        if module.bias is not None:
+            module.bias = torch.nn.Parameter(module.bias.new_empty(new))
+        if isinstance(module, torch.nn.Conv2d):
+            module.out_channels = new
+        else:
+            module.out_features = new
+        model._init_weights(module)
+        names.append(name)
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no classifier layer with {old} outputs to re-initialise")
+    model.config.id2label = dict(id2label)
+    model.config.label2id = {label: index for index, label in id2label.items()}
+    model.config.num_labels = new
+    _say(f"new label set ({old} -> {new} classes): re-initialised {', '.join(names)}; every other weight is kept")
+    return names
+
+
+@dataclass
+class LabelContract:
+    """The classes, reduce-labels setting and ignore index of a training run: decided once (`decide_labels`),
+    saved with the model (config `id2label` and `semantic_loss_ignore_index`, processor `do_reduce_labels`,
+    recipe.json, model card) and read from there by every later step."""
+
+    id2label: dict[int, str]
+    reduce_labels: bool
+    source: str
+    reduce_labels_reason: str
+    ignore_index: int = 255
+
+    def describe(self) -> str:
+        names = list(self.id2label.values())
+        shown = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ..., {names[-1]}"
+        return (f"{len(names)} classes ({shown}) from {self.source}; reduce_labels={self.reduce_labels} "
+                f"({self.reduce_labels_reason}); ignore index {self.ignore_index}")
+
+    def to_dict(self) -> dict:
+        return dict(num_labels=len(self.id2label), labels_source=self.source, reduce_labels=self.reduce_labels,
+                    ignore_index=self.ignore_index)
+
+
+def decide_labels(data_labels, train_data, label_column: str, split: str, model_id2label: dict | None,
+                  model_reduce_labels: bool, from_checkpoint: bool, reduce_labels: bool | None) -> LabelContract:
+    """The label contract of a run (see `LabelContract`).
+
+    Class names: the data's own (`hf_seg.data.labels.find_class_names`); else a checkpoint's when the data's label
+    values are exactly its classes; else `class_0 ...` for the values a scan of the training split finds. A preset's
+    label set is never used unless the data is that data set or the user names it (`id2label="ade20k"`).
+    Reduce-labels: the explicit flag; else the data set's convention (ADE20K's "0 = other"); else a kept
+    checkpoint's; else False: a folder of the user's own label maps is taken as it is.
+    Label values outside the classes are a ValueError naming the values, the split and an example."""
+    from ..data.labels import check_label_values, class_names_from_counts, scan_label_values
+
+    reason = "as asked" if reduce_labels is not None else None
+    id2label, source, counts = data_labels.id2label, data_labels.source, None
+    if id2label is not None:
+        if reduce_labels is None and data_labels.reduce_labels is not None:
+            reduce_labels, reason = data_labels.reduce_labels, f"the convention of {source}"
+        if reduce_labels is None and from_checkpoint and id2label == model_id2label:
+            reduce_labels, reason = model_reduce_labels, "the checkpoint's, whose classes these are"
+    elif train_data is None:
+        id2label, source = dict(model_id2label), "the model (no training data to read classes from)"
+        if reduce_labels is None:
+            reduce_labels, reason = model_reduce_labels, "the model's"
+    else:
+        if from_checkpoint and reduce_labels in (None, model_reduce_labels):
+            counts = scan_label_values(train_data, label_column, model_reduce_labels, split)
+            if len(counts) == len(model_id2label):
+                id2label, source = dict(model_id2label), (
+                    f"the checkpoint (split {split!r} holds label values 0..{len(counts) - 1}, its classes)")
+                if reduce_labels is None:
+                    reduce_labels, reason = model_reduce_labels, "the checkpoint's"
+            elif reduce_labels is None:
+                counts = None
+        if id2label is None:
+            if reduce_labels is None:
+                reduce_labels, reason = False, "the data's own label maps, taken as they are"
+            if counts is None:
+                counts = scan_label_values(train_data, label_column, reduce_labels, split)
+            if not len(counts):
+                raise ValueError(f"split {split!r} holds no labelled pixel (every label value is the ignore index)")
+            id2label = class_names_from_counts(counts)
+            source = (f"a scan of split {split!r} (label values 0..{len(counts) - 1}; no class names in the data, "
+                      "pass id2label to name them)")
+    if reduce_labels is None:
+        reduce_labels, reason = False, "the data's own label maps, taken as they are"
+    if model_reduce_labels and not reduce_labels and reason != "as asked":
+        reason += "; the model's do_reduce_labels=True is ADE20K's convention and does not apply here"
+    if train_data is not None:
+        if counts is None:
+            counts = scan_label_values(train_data, label_column, reduce_labels, split)
+        check_label_values(counts, id2label, split, train_data, label_column, reduce_labels)
+    return LabelContract(dict(id2label), bool(reduce_labels), source, reason)
+
+
 def build_model_and_processor(
     model,
     id2label: dict | None = None,
@@ -204,11 +320,8 @@ def build_model_and_processor(
         label_kwargs = dict(id2label=id2label, label2id={v: k for k, v in id2label.items()})
     preset_name = None
     if isinstance(model, PreTrainedModel):
-        if label_kwargs and model.config.num_labels != len(id2label):
-            raise ValueError(
-                f"the model has {model.config.num_labels} labels but the data set {len(id2label)}; build the model "
-                "with the data set's labels"
-            )
+        if label_kwargs:
+            relabel_classifiers(model, id2label)
         processor = image_processor
     elif isinstance(model, str) and model in presets.PRESETS:
         preset_name = model
@@ -221,10 +334,11 @@ def build_model_and_processor(
         model = built
     elif isinstance(model, (str, os.PathLike)):
         source = str(model)
-        kwargs = dict(from_pretrained_kwargs, **label_kwargs, **config_overrides)
+        model = AutoModelForSemanticSegmentation.from_pretrained(
+            source, **dict(from_pretrained_kwargs, **config_overrides)
+        )
         if label_kwargs:
-            kwargs["ignore_mismatched_sizes"] = True  # a new classifier for the new label set
-        model = AutoModelForSemanticSegmentation.from_pretrained(source, **kwargs)
+            relabel_classifiers(model, id2label)
         processor = (
             image_processor
             if image_processor is not None
@@ -298,23 +412,11 @@ def build_datasets(
 ):
     """`(train_dataset, eval_dataset, transform, info)`: the training split with the seeded mmseg augmentation of the
     recipe (crop, scale, ratio range, cat_max_ratio, flip, photometric distortion), the raw evaluation split."""
-    from datasets import DatasetDict
-
     from ..data import SegmentationTrainTransform, add_index_column, load_segmentation_dataset
 
-    if isinstance(dataset, DatasetDict):
-        from ..data.loading import _detect_column, _load_id2label, IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES
-
-        data = dataset
-        first = next(iter(data.values()))
-        image_col = _detect_column(first, image_column, IMAGE_COLUMN_NAMES, "image")
-        label_col = _detect_column(first, label_column, LABEL_COLUMN_NAMES, "label", exclude=image_col)
-        info = dict(image_column=image_col, label_column=label_col, id2label=_load_id2label(id2label, first, label_col))
-    else:
-        data, info = load_segmentation_dataset(
-            dataset, image_column=image_column, label_column=label_column, id2label=id2label, decode=False,
-            **load_kwargs,
-        )
+    data, info = load_segmentation_dataset(
+        dataset, image_column=image_column, label_column=label_column, id2label=id2label, decode=False, **load_kwargs
+    )
     for split in (train_split, eval_split):
         if split is not None and split not in data:
             raise ValueError(f"split {split!r} not in the data set (splits: {list(data)})")
@@ -362,24 +464,29 @@ def write_model_card(
     training_args: TrainingArguments | None = None,
     eval_settings: dict | None = None,
     model_name: str | None = None,
+    labels: LabelContract | None = None,
 ) -> str:
-    """A Hub model card (`README.md`) with the evaluation metrics, the recipe and the source's license."""
+    """A Hub model card (`README.md`) with the evaluation metrics, the classes, the recipe and the source's license.
+    Only a Hub id goes into the card's `datasets:` metadata (a local path is named in the text only); the usage
+    snippet loads `model_name` (the Hub id) when given, else the folder itself."""
     family = model_family(model)
     license_id, license_note = FAMILY_LICENSES.get(family, ("apache-2.0", ""))
     if family == "segformer" and not pretrained_encoder:
         license_note += " This model was trained here from random initialisation with transformers' SegFormer code."
     name = model_name or Path(output_dir).name
+    load_from = model_name or str(output_dir)
+    hub_dataset = dataset_name if dataset_name and _is_hub_id(dataset_name) else None
     metrics = metrics or {}
     rows = _metric_rows(metrics)
     front = ["---", f"license: {license_id}", "library_name: transformers", "pipeline_tag: image-segmentation",
              "tags:", "- image-segmentation", "- semantic-segmentation", "- hf_seg", f"- {family}"]
-    if dataset_name:
-        front += ["datasets:", f"- {dataset_name}"]
+    if hub_dataset:
+        front += ["datasets:", f"- {hub_dataset}"]
     if rows:
         front += ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: image-segmentation",
                   "      name: Semantic Segmentation"]
-        if dataset_name:
-            front += ["    dataset:", f"      name: {dataset_name}", f"      type: {dataset_name}"]
+        if hub_dataset:
+            front += ["    dataset:", f"      name: {hub_dataset}", f"      type: {hub_dataset}"]
         front += ["    metrics:"]
         for key, value in rows:
             front += [f"    - type: {key}", f"      value: {value:.4f}", f"      name: {key.replace('_', ' ')}"]
@@ -409,6 +516,13 @@ def write_model_card(
             body += [f"| {label} | {'n/a' if v is None or v != v else f'{v:.4f}'} |" for label, v in per_class]
     else:
         body.append("Not evaluated.")
+    if labels is not None:
+        body += ["", "## Classes", "",
+                 f"{len(labels.id2label)} classes from {labels.source}; reduce_labels={labels.reduce_labels} "
+                 f"({labels.reduce_labels_reason}); label value {labels.ignore_index} is ignored. The image "
+                 "processor's `do_reduce_labels` and the config's `semantic_loss_ignore_index` record them.", "",
+                 "| id | class |", "|---|---|"]
+        body += [f"| {index} | {label} |" for index, label in labels.id2label.items()]
     body += ["", "## Training", ""]
     if recipe is not None:
         body.append(f"Recipe `{recipe.name}`:")
@@ -420,13 +534,24 @@ def write_model_card(
                  f"{training_args.learning_rate}, weight decay: {training_args.weight_decay}, seed: {training_args.seed}"]
     body += ["", "## Usage", "", "```python", "import hf_seg  # or pass trust_remote_code=True without hf_seg",
              "from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation", "",
-             f'model = AutoModelForSemanticSegmentation.from_pretrained("{name}").eval()',
-             f'processor = AutoImageProcessor.from_pretrained("{name}")',
+             f'model = AutoModelForSemanticSegmentation.from_pretrained("{load_from}").eval()',
+             f'processor = AutoImageProcessor.from_pretrained("{load_from}")',
              'label_maps = hf_seg.segment(model, processor, images, mode="whole")', "```", "",
              "## License", "", f"{license_note} hf_seg's code is Apache-2.0.".strip(), ""]
     path = Path(output_dir) / "README.md"
     path.write_text("\n".join(front + [""] + body), encoding="utf-8")
     return str(path)
+
+
+def _is_hub_id(name: str) -> bool:
+    """`owner/name` that is not a local path, or a known canonical Hub data set (`scene_parse_150`)."""
+    import re
+
+    from ..data.labels import KNOWN_HUB_DATASETS
+
+    if name in KNOWN_HUB_DATASETS:
+        return True
+    return not Path(name).exists() and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name) is not None
 
 
 HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "training_args.bin", "*.pt", "*.pth"]
@@ -512,40 +637,84 @@ def train(
         seed = int((training_args or {}).get("seed", 42))
         set_seed(seed)  # the model's random initialisation is part of the run
 
-    # labels come from the data set when it names them
-    if id2label is not None:  # a dict, a list of names or a JSON file
-        from ..data.loading import _load_id2label
+    # The data first (a missing folder is reported before any model is built), then the label contract, then the
+    # model with the contract's classes.
+    from .. import presets
+    from ..data import load_segmentation_dataset
+    from ..data.labels import DataLabels
 
-        id2label = _load_id2label(id2label, None, None)
-    data_id2label = id2label
-    if dataset is not None and id2label is None:
-        data_id2label = _peek_id2label(dataset, train_split, image_column, label_column, dataset_kwargs or {})
-    model, processor, preset_name = build_model_and_processor(
-        model, id2label=data_id2label, config_overrides=config_overrides, pretrained_encoder=pretrained_encoder,
-        image_processor=image_processor,
+    data = info = None
+    if dataset is not None:
+        data, info = load_segmentation_dataset(
+            dataset, image_column=image_column, label_column=label_column, id2label=id2label, decode=False,
+            **(dataset_kwargs or {}),
+        )
+        for split in (train_split if do_train else None, eval_split if do_eval else None):
+            if split is not None and split not in data:
+                raise ValueError(f"split {split!r} not in the data set (splits: {list(data)})")
+    preset_name = model if isinstance(model, str) and model in presets.PRESETS else None
+    if preset_name is not None:
+        preset = presets.get_preset(preset_name)
+        model_id2label = presets.create_config(preset_name, **(config_overrides or {})).id2label
+        model_reduce = bool(preset.processor.get("do_reduce_labels", False))
+    else:
+        model, processor, _ = build_model_and_processor(
+            model, config_overrides=config_overrides, image_processor=image_processor
+        )
+        model_id2label = dict(model.config.id2label)
+        model_reduce = bool(getattr(processor, "do_reduce_labels", False))
+    if info is not None:
+        data_labels = DataLabels(info["id2label"], info["labels_source"], info["reduce_labels"])
+        label_column = info["label_column"]
+    elif id2label is not None:
+        from ..data.labels import read_id2label
+
+        names, convention = read_id2label(id2label)
+        data_labels = DataLabels(names, "id2label", convention)
+    else:
+        data_labels = DataLabels(None, "no data set")
+    contract = decide_labels(
+        data_labels, data[train_split] if data is not None and do_train else None, label_column, train_split,
+        model_id2label, model_reduce, from_checkpoint=preset_name is None, reduce_labels=reduce_labels,
     )
-    recipe = _resolve_recipe(recipe, model, preset_name, recipe_overrides)
+    _say(contract.describe())
+    if preset_name is not None:
+        model, processor, _ = build_model_and_processor(
+            preset_name, id2label=contract.id2label, config_overrides=config_overrides,
+            pretrained_encoder=pretrained_encoder, image_processor=image_processor,
+        )
+    elif contract.id2label != model_id2label:
+        relabel_classifiers(model, contract.id2label)
+    if processor is None:
+        from ..models.setr import SetrImageProcessor
+
+        processor = SetrImageProcessor()
+    processor.do_reduce_labels = contract.reduce_labels
+    model.config.semantic_loss_ignore_index = contract.ignore_index
+    reduce_labels = contract.reduce_labels
+
+    recipe = _resolve_recipe(recipe, model, preset_name, recipe_overrides).replace(reduce_labels=reduce_labels)
     if recipe.auxiliary_loss_weight is not None and hasattr(model.config, "auxiliary_loss_weight"):
         model.config.auxiliary_loss_weight = recipe.auxiliary_loss_weight
     args = build_training_arguments(training_args, recipe, output_dir)
     push_to_hub, args.push_to_hub = args.push_to_hub, False  # the final folder is pushed below, with its card
-    if reduce_labels is None:
-        reduce_labels = bool(getattr(processor, "do_reduce_labels", False))
 
     train_dataset = eval_dataset = transform = None
-    info = {"image_column": image_column or "image", "label_column": label_column or "label"}
-    if dataset is not None:
+    info = info or {"image_column": image_column or "image", "label_column": label_column or "label"}
+    if data is not None:
         train_dataset, eval_dataset, transform, info = build_datasets(
-            dataset, recipe, processor, model.config.num_labels, args.seed,
+            data, recipe, processor, model.config.num_labels, args.seed,
             train_split=train_split if do_train else None, eval_split=eval_split if do_eval else None,
-            image_column=image_column, label_column=label_column, id2label=id2label, reduce_labels=reduce_labels,
-            **(dataset_kwargs or {}),
+            image_column=info["image_column"], label_column=info["label_column"], id2label=contract.id2label,
+            reduce_labels=reduce_labels,
         )
-    eval_settings = _eval_settings(preset_name, eval_mode, eval_crop_size, eval_stride)
+    protocol = test_protocol(model, preset_name, eval_mode, eval_crop_size, eval_stride)
+    model.config.test_protocol = protocol  # travels with the model: evaluate / predict / segment default to it
+    eval_settings = dict(protocol)
     eval_settings.update(
         image_column=info["image_column"], label_column=info["label_column"], reduce_labels=reduce_labels,
-        id2label=model.config.id2label, per_category=False, max_examples=max_eval_examples,
-        batch_size=max(1, args.per_device_eval_batch_size),
+        ignore_index=contract.ignore_index, id2label=model.config.id2label, per_category=False,
+        max_examples=max_eval_examples, batch_size=max(1, args.per_device_eval_batch_size),
     )
     from ..data import collate_segmentation
 
@@ -567,6 +736,13 @@ def train(
     if do_train:
         if train_dataset is None:
             raise ValueError("training needs a dataset with a training split")
+        batch = args.per_device_train_batch_size * max(1, args.world_size)
+        if args.dataloader_drop_last and len(train_dataset) < batch:
+            raise ValueError(
+                f"split {train_split!r} has {len(train_dataset)} examples, fewer than one batch of {batch} "
+                f"({args.per_device_train_batch_size} per device x {max(1, args.world_size)} processes): no step "
+                "would run; pass a smaller --per_device_train_batch_size"
+            )
         result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
         metrics.update({f"train_{k}" if not k.startswith("train_") else k: v for k, v in result.metrics.items()})
     if do_eval and eval_dataset is not None:
@@ -576,52 +752,40 @@ def train(
         with open(Path(args.output_dir) / "all_results.json", "w", encoding="utf-8") as handle:
             json.dump(json_ready(metrics), handle, indent=2)
         with open(Path(args.output_dir) / "recipe.json", "w", encoding="utf-8") as handle:
-            json.dump(recipe.to_dict(), handle, indent=2)
+            json.dump({**recipe.to_dict(), "labels": contract.to_dict(), "test_protocol": protocol}, handle, indent=2)
+        repo_id = (args.hub_model_id or Path(args.output_dir).name) if push_to_hub else None
         write_model_card(
             args.output_dir, trainer.model if not hasattr(trainer.model, "module") else trainer.model.module,
             metrics, recipe, dataset_name or (dataset if isinstance(dataset, str) else None), preset_name,
-            pretrained_encoder, args, eval_settings, model_name=args.hub_model_id,
+            pretrained_encoder, args, eval_settings, model_name=repo_id or args.hub_model_id, labels=contract,
         )
         if push_to_hub:
-            repo_id = args.hub_model_id or Path(args.output_dir).name
             push_folder_to_hub(args.output_dir, repo_id, token=args.hub_token,
                                private=getattr(args, "hub_private_repo", None))
     trainer.accelerator.wait_for_everyone()
     return TrainResult(trainer, trainer.model, processor, recipe, metrics, args.output_dir)
 
 
-def _peek_id2label(dataset, split, image_column, label_column, load_kwargs):
-    from datasets import DatasetDict
-
-    from ..data import load_segmentation_dataset
-    from ..data.loading import _detect_column, _load_id2label, IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES
-
-    if isinstance(dataset, DatasetDict):
-        first = next(iter(dataset.values()))
-        image_col = _detect_column(first, image_column, IMAGE_COLUMN_NAMES, "image")
-        label_col = _detect_column(first, label_column, LABEL_COLUMN_NAMES, "label", exclude=image_col)
-        return _load_id2label(None, first, label_col)
-    _, info = load_segmentation_dataset(dataset, image_column=image_column, label_column=label_column, decode=False,
-                                        **load_kwargs)
-    return info["id2label"]
-
-
-def _eval_settings(preset_name, mode, crop_size, stride) -> dict:
-    settings = {}
-    if preset_name is not None:
+def test_protocol(model, preset_name: str | None = None, mode: str | None = None, crop_size=None,
+                  stride=None) -> dict:
+    """The test protocol (`mode`, and `crop_size` / `stride` for slide) of a model: the one saved in its config
+    (`config.test_protocol`, written by `train` and the presets), else its preset's, else whole-image; the given
+    values override it."""
+    settings = dict(getattr(model.config, "test_protocol", None) or {})
+    if not settings and preset_name is not None:
         from ..presets import get_preset
 
         settings.update(get_preset(preset_name).inference)
     if mode is not None:
         settings["mode"] = mode
-        if mode == "whole":
-            settings.pop("crop_size", None)
-            settings.pop("stride", None)
     if crop_size is not None:
         settings["crop_size"] = crop_size
     if stride is not None:
         settings["stride"] = stride
     settings.setdefault("mode", "whole")
+    if settings["mode"] == "whole":
+        settings.pop("crop_size", None)
+        settings.pop("stride", None)
     return settings
 
 
@@ -646,29 +810,34 @@ def evaluate_model(
 ) -> dict:
     """`hf-seg evaluate`: a checkpoint (folder / Hub id / model) on a data set split with the papers' protocol.
     Under `torchrun` / `accelerate launch` each process takes its share and the confusion matrices are summed."""
-    from datasets import DatasetDict
-
     from ..data import load_segmentation_dataset
-    from ..data.loading import _detect_column, IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES
 
+    data, info = load_segmentation_dataset(
+        dataset, split=split, image_column=image_column, label_column=label_column, decode=False, **load_kwargs
+    )
     model, processor, preset_name = build_model_and_processor(model, image_processor=image_processor)
     if device is not None:
         model.to(device)
-    if isinstance(dataset, DatasetDict) or hasattr(dataset, "select"):
-        data = dataset[split] if isinstance(dataset, DatasetDict) else dataset
-        image_column = _detect_column(data, image_column, IMAGE_COLUMN_NAMES, "image")
-        label_column = _detect_column(data, label_column, LABEL_COLUMN_NAMES, "label", exclude=image_column)
-    else:
-        data, info = load_segmentation_dataset(
-            dataset, split=split, image_column=image_column, label_column=label_column, decode=False, **load_kwargs
-        )
-        image_column, label_column = info["image_column"], info["label_column"]
+    model_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if info["id2label"] is not None and list(info["id2label"].values()) != model_names:
+        data_names = list(info["id2label"].values())
+        if len(data_names) != len(model_names):
+            raise ValueError(
+                f"the data set has {len(data_names)} classes ({info['labels_source']}) but the model "
+                f"{len(model_names)}: evaluate a model trained on this data set's classes"
+            )
+        _say(f"the data set's class names ({info['labels_source']}) differ from the model's; the model's are used")
+    saved = bool(getattr(processor, "do_reduce_labels", False))
     if reduce_labels is None:
-        reduce_labels = bool(getattr(processor, "do_reduce_labels", False))
-    settings = _eval_settings(preset_name, mode, crop_size, stride)
+        reduce_labels = saved
+    elif bool(reduce_labels) != saved:
+        _say(f"reduce_labels={bool(reduce_labels)} as asked, although the model was saved with "
+             f"do_reduce_labels={saved} (its training data's setting)")
+    settings = test_protocol(model, preset_name, mode, crop_size, stride)
     return evaluate_segmentation(
-        model, processor, data, image_column=image_column, label_column=label_column, reduce_labels=reduce_labels,
-        batch_size=batch_size, autocast_dtype=autocast_dtype, id2label=model.config.id2label,
+        model, processor, data, image_column=info["image_column"], label_column=info["label_column"],
+        reduce_labels=reduce_labels, batch_size=batch_size, autocast_dtype=autocast_dtype,
+        ignore_index=getattr(model.config, "semantic_loss_ignore_index", None) or 255, id2label=model.config.id2label,
         per_category=per_category, max_examples=max_examples, **settings,
     )
 
