@@ -9,7 +9,8 @@ with are the data's own (DESIGN.md principle 0). Class names are taken, in this 
    ``ClassLabel`` of another column (the Hub's ADE20K carries a ``scene_category`` one);
 3. an ``id2label.json`` (or hf_seg's ``{"names": [...]}`` label-set file) inside a ``save_to_disk`` folder or beside
    an image folder's ``images/``;
-4. a Hub data set whose label set hf_seg ships (`KNOWN_HUB_DATASETS`).
+4. a Hub data set whose label set hf_seg ships (`KNOWN_HUB_DATASETS`), or the ``id2label.json`` of the Hub data set's
+   repository (as transformers' semantic-segmentation example reads it).
 
 When none exists, `scan_label_values` counts the label values of the training split and the classes are named
 ``class_0 …``. The conventions of a known data set (ADE20K's "0 = other", i.e. reduce-labels) come with its names.
@@ -120,7 +121,23 @@ def find_class_names(source, dataset, label_column: str, id2label=None) -> DataL
         label_set, reduce_labels = KNOWN_HUB_DATASETS[str(source)]
         return DataLabels(load_label_set(label_set)[0], f"hf_seg's {label_set} label set (data set {source})",
                           reduce_labels)
+    elif source is not None:
+        path = _hub_id2label_file(str(source))
+        if path is not None:
+            return DataLabels(read_id2label(path)[0], f"{ID2LABEL_FILE} of the Hub data set {source}")
     return DataLabels(None, "no class names in the data")
+
+
+def _hub_id2label_file(repo_id: str) -> str | None:
+    """The ``id2label.json`` of a Hub data set repository (as transformers' segmentation example reads it), or None
+    when the repository has none or the Hub cannot be reached."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    try:
+        return hf_hub_download(repo_id, ID2LABEL_FILE, repo_type="dataset")
+    except (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, ValueError, OSError):
+        return None
 
 
 def _label_array(value, index) -> np.ndarray:
