@@ -12,7 +12,10 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForSemanticSegmentation,
+    SegformerConfig,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
+from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING, AutoVideoProcessor
 
 from .inference import segment
 from .models.segformer import SegformerMmsegConfig, SegformerMmsegForSemanticSegmentation
@@ -61,6 +64,31 @@ MPViTModel.register_for_auto_class("AutoModel")
 MPViTBackbone.register_for_auto_class("AutoBackbone")
 MPViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 MPViTForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+
+# `pipeline("image-segmentation", model=folder)` makes two look-ups that the registrations above do not reach:
+# - it also tries `AutoVideoProcessor` on the folder (`_resolve_video_processor` in transformers/pipelines/__init__.py),
+#   which derives a remote "image_processing_setr.SetrVideoProcessor" from the `AutoImageProcessor` entry of the
+#   processor's `auto_map` and, when the model's configuration has no video processor registered, asks "Do you wish
+#   to run the custom code?" (`AutoVideoProcessor.from_pretrained`). Registering an empty set of video processors
+#   says that the configuration is handled in-process and has none: the look-up then fails without a prompt and the
+#   pipeline drops it. SegFormer presets pair transformers' `SegformerConfig` (which has no video processor either)
+#   with `SetrImageProcessor`; a built-in configuration is only registered with `exist_ok=True`, and only while
+#   transformers maps it to no video processor itself.
+# - `ImageSegmentationPipeline` checks the model's class name against a merged copy of transformers' static
+#   segmentation name lists, and the copy loses the models registered with `AutoModelForSemanticSegmentation`; hf_seg's
+#   models are therefore also listed there under their (non-transformers) model types, so that the pipeline does not
+#   log "... is not supported for image-segmentation".
+for _config_class in (SetrConfig, SegformerMmsegConfig, MPViTConfig):
+    AutoVideoProcessor.register(_config_class, video_processor_classes={})
+if SegformerConfig not in VIDEO_PROCESSOR_MAPPING:
+    AutoVideoProcessor.register(SegformerConfig, video_processor_classes={}, exist_ok=True)
+for _config_class, _model_class in (
+    (SetrConfig, SetrForSemanticSegmentation),
+    (SegformerMmsegConfig, SegformerMmsegForSemanticSegmentation),
+    (MPViTConfig, MPViTForSemanticSegmentation),
+):
+    MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(_config_class.model_type, _model_class.__name__)
+del _config_class, _model_class
 
 __all__ = [
     "MPViTBackbone",
