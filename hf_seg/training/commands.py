@@ -52,6 +52,11 @@ class DataArguments:
     per_class_metrics: bool = field(
         default=False, metadata={"help": "print per-class IoU and accuracy too (all_results.json always has them)"}
     )
+    allow_non_finite: bool = field(
+        default=False,
+        metadata={"help": "keep training through NaN / inf losses and save such weights (transformers' behaviour); "
+                          "by default training stops naming the step and the loss, and never saves them"},
+    )
 
 
 @dataclass
@@ -161,6 +166,7 @@ def train_main(argv: list[str] | None = None) -> int:
         max_eval_examples=data_args.max_eval_examples,
         resume_from_checkpoint=_resume_value(resume),
         do_eval=do_eval,
+        allow_non_finite=data_args.allow_non_finite,
     )
     if result.trainer.is_world_process_zero():
         from .evaluation import json_ready

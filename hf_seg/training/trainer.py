@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,10 @@ class AugmentationEpochCallback(TrainerCallback):
         self.transform.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """The loss or the weights became NaN / inf: training stops and no weights are saved from then on."""
+
+
 class SegmentationTrainer(Trainer):
     """`Trainer` with the recipe's optimizer and schedule and the papers' evaluation protocol.
 
@@ -107,10 +112,15 @@ class SegmentationTrainer(Trainer):
             come from `args`. `recipe=None` leaves optimizer and schedule to `Trainer` (`args.lr_scheduler_type`).
         eval_settings: keyword arguments of `evaluate_segmentation` (mode, crop_size, stride, reduce_labels,
             image_column, label_column, id2label, ...). `eval_dataset` holds raw examples (image + label columns).
+        stop_on_non_finite: a NaN / inf training loss stops training with `NonFiniteTrainingError` naming the step
+            and the loss, and weights holding NaN / inf are never saved (neither checkpoints nor the result).
+            False keeps transformers' behaviour (non-finite losses are left out of the logged average).
     """
 
-    def __init__(self, *args, recipe: Recipe | None = None, eval_settings: dict | None = None, **kwargs):
+    def __init__(self, *args, recipe: Recipe | None = None, eval_settings: dict | None = None,
+                 stop_on_non_finite: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        self.stop_on_non_finite = stop_on_non_finite
         # The segmentation models take `**kwargs` but their losses are per-batch means that ignore
         # `num_items_in_batch`. Trainer would then neither divide the loss by the accumulation steps nor leave it
         # unscaled across processes; declaring the loss not token-normalised restores mmseg's semantics (mean over
@@ -118,6 +128,37 @@ class SegmentationTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.recipe = recipe
         self.eval_settings = dict(eval_settings or {})
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.stop_on_non_finite and not bool(torch.isfinite(loss).all()):
+            raise NonFiniteTrainingError(
+                f"step {self.state.global_step + 1}: the training loss is {loss.item()}; training stopped and nothing "
+                f"more is saved ({self._last_checkpoint_note()}). Lower the learning rate or clip gradients "
+                "(max_grad_norm); --allow_non_finite keeps transformers' behaviour."
+            )
+        return loss
+
+    def _last_checkpoint_note(self) -> str:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        return f"the last checkpoint, all finite, is {last}" if last else "no checkpoint had been written"
+
+    def _refuse_non_finite_weights(self, what: str) -> None:
+        if not self.stop_on_non_finite:
+            return
+        for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise NonFiniteTrainingError(
+                    f"step {self.state.global_step}: {name} holds NaN / inf values; {what} is not saved "
+                    f"({self._last_checkpoint_note()}). --allow_non_finite keeps transformers' behaviour."
+                )
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """`Trainer.save_model` (also what every checkpoint calls), refusing weights that hold NaN / inf."""
+        self._refuse_non_finite_weights(output_dir or self.args.output_dir)
+        super().save_model(output_dir, _internal_call)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and self.recipe is not None:
@@ -170,6 +211,49 @@ class SegmentationTrainer(Trainer):
 
 
 # --------------------------------------------------------------------------------------------------------- building
+
+
+def _has_pooled_batch_norm(model) -> bool:
+    """True for models with BatchNorm after a global (1x1) pooling, as UperNet's pyramid pooling module has."""
+    modules = list(model.modules())
+    pooled = any(isinstance(m, torch.nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)) for m in modules)
+    return pooled and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules)
+
+
+def check_checkpoint(checkpoint: str | bool, output_dir: str) -> str:
+    """The checkpoint folder to resume from (`True`: the newest in `output_dir`), after reading each of its files
+    (JSON parsed, safetensors tensors sliced, torch archives CRC-checked; no pickle is run), so that a truncated file
+    is named here instead of failing inside `Trainer` with an `OSError`."""
+    from safetensors import safe_open
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if checkpoint is True:
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            raise ValueError(f"resume_from_checkpoint: no checkpoint-* folder in {output_dir}")
+        checkpoint = last
+    folder = Path(checkpoint)
+    if not folder.is_dir():
+        raise ValueError(f"resume_from_checkpoint: {folder} is not a folder")
+    if not (folder / "trainer_state.json").is_file():
+        raise ValueError(f"resume_from_checkpoint: {folder} has no trainer_state.json: not a Trainer checkpoint")
+    for path in sorted(folder.iterdir()):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    for key in handle.keys():
+                        handle.get_slice(key)
+            elif path.suffix in (".pt", ".pth", ".bin"):  # torch.save's zip archives: check every member's CRC
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise ValueError(f"member {bad} fails its CRC check")
+        except Exception as error:  # noqa: BLE001 - safetensors, zipfile, pickle and json fail in many ways
+            raise ValueError(f"resume_from_checkpoint: {path} is unreadable ({type(error).__name__}: {error}); "
+                             "resume from an earlier checkpoint or delete this one") from error
+    return str(folder)
 
 
 def _resolve_recipe(recipe, model, preset_name, overrides) -> Recipe:
@@ -609,6 +693,7 @@ def train(
     do_eval: bool = True,
     dataset_name: str | None = None,
     dataset_kwargs: dict | None = None,
+    allow_non_finite: bool = False,
 ) -> TrainResult:
     """
     Fine-tune a segmentation model with `transformers.Trainer` and the papers' recipe, evaluate it with the papers'
@@ -628,7 +713,10 @@ def train(
         reduce_labels: mmseg's reduce_zero_label on the data set's labels (default: the processor's
             `do_reduce_labels`, e.g. True for the ADE20K presets).
         eval_mode, eval_crop_size, eval_stride: the test protocol (default: the preset's `inference` settings).
-        resume_from_checkpoint: a checkpoint folder, or True for the newest one in `output_dir`.
+        resume_from_checkpoint: a checkpoint folder, or True for the newest one in `output_dir` (its files are
+            checked first: a truncated or unreadable one is named).
+        allow_non_finite: keep transformers' behaviour on NaN / inf losses (by default training stops with
+            `NonFiniteTrainingError` and weights holding NaN / inf are never saved).
     """
     if isinstance(training_args, TrainingArguments):
         set_seed(training_args.seed)
@@ -731,6 +819,7 @@ def train(
         callbacks=all_callbacks,
         recipe=recipe,
         eval_settings=eval_settings,
+        stop_on_non_finite=not allow_non_finite,
     )
     metrics: dict = {}
     if do_train:
@@ -743,6 +832,14 @@ def train(
                 f"({args.per_device_train_batch_size} per device x {max(1, args.world_size)} processes): no step "
                 "would run; pass a smaller --per_device_train_batch_size"
             )
+        if args.per_device_train_batch_size < 2 and _has_pooled_batch_norm(model):
+            raise ValueError(
+                f"{type(model).__name__} cannot train with one image per device: the pyramid pooling's 1x1 branch "
+                "normalises a single value per channel with BatchNorm. Pass --per_device_train_batch_size 2 or more "
+                "(with --gradient_accumulation_steps to keep the total batch)."
+            )
+        if resume_from_checkpoint:
+            resume_from_checkpoint = check_checkpoint(resume_from_checkpoint, args.output_dir)
         result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
         metrics.update({f"train_{k}" if not k.startswith("train_") else k: v for k, v in result.metrics.items()})
     if do_eval and eval_dataset is not None:
