@@ -12,7 +12,6 @@ exit status: 2 for what was named wrong on the command line, 1 for what failed w
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import importlib.util
 import logging
@@ -79,10 +78,29 @@ def _palette_for(config, preset=None):
     return default_palette(max(num_labels, 1))
 
 
+def check_safetensors_files(folder: Path) -> None:
+    """Refuse a saved folder whose `*.safetensors` weights cannot be opened (truncated by an interrupted copy or
+    download, or not safetensors at all), naming the file: safetensors itself says only "incomplete metadata".
+    Opening reads the header and checks that the file covers every tensor it lists; no tensor is loaded."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # noqa: BLE001 - SafetensorError, OSError, ...
+            size = file.stat().st_size
+            raise CliError(f"weights file {file} ({size:,} bytes) is truncated or not a safetensors file: "
+                           f"{_one_line(error, 200)}", EXIT_FAILURE) from error
+
+
 def _load_pretrained(name_or_path: str, where: str, trust_remote_code: bool, need_processor: bool,
                      local: bool) -> LoadedModel:
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
     from transformers.utils import logging as transformers_logging
+
+    if local:
+        check_safetensors_files(Path(name_or_path))
 
     # A local folder loads in moments: no "Loading weights" bar. Hub downloads keep their progress bars.
     bars_were_on = transformers_logging.is_progress_bar_enabled()
@@ -136,10 +154,9 @@ def load_model(name: str, trust_remote_code: bool = False, need_processor: bool 
                                 trust_remote_code, need_processor, local=False)
     if "/" in name or "\\" in name or name.startswith((".", "~")):
         raise CliError(f"model folder {name} does not exist", EXIT_USAGE)
-    close = difflib.get_close_matches(name, presets.list_models(), n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise CliError(
-        f"unknown model {name!r}: not a preset (`{PROG} list` shows them), a local folder or a Hub id (owner/name).{hint}",
+        f"unknown model {name!r}: not a preset (`{PROG} list` shows them), a local folder or a Hub id (owner/name)."
+        + presets.did_you_mean(name, presets.list_models()),
         EXIT_USAGE,
     )
 
@@ -227,6 +244,75 @@ def _device(name: str | None):
     return device
 
 
+def _plan_outputs(images: list[Path], output_dir: Path, overlay: bool, overwrite: bool):
+    """`(image, label map path, overlay path or None)` per image. Before anything is written, every output is checked
+    against every other output and every input (resolved paths, so `./a.png`, links and `..` do not hide a clash;
+    hard links by inode): two outputs on one path, or an output on an input, are refused naming both files; an
+    existing output file is refused unless `overwrite`, and an input is never overwritten."""
+
+    def key(path: Path) -> str:
+        return os.path.normcase(str(path.resolve()))
+
+    def inode(path: Path):
+        try:
+            status = path.stat()
+        except OSError:
+            return None
+        return status.st_dev, status.st_ino
+
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CliError(f"--output-dir {output_dir} is a file, not a folder", EXIT_USAGE)
+    inputs, input_inodes = {}, {}
+    for path in images:
+        if key(path) in inputs:
+            raise CliError(f"{inputs[key(path)]} and {path} are the same image, given twice", EXIT_USAGE)
+        inputs[key(path)] = path
+        input_inodes[inode(path)] = path
+    outputs, plan = {}, []
+    for path in images:
+        targets = [(output_dir / f"{path.stem}.png", "label map")]
+        if overlay:
+            targets.append((output_dir / f"{path.stem}_overlay.png", "overlay"))
+        for target, role in targets:
+            what = f"the {role} of {path}"
+            if key(target) in inputs:
+                same = inputs[key(target)]
+                alias = "" if str(same) == str(target) else f" (as {target})"
+                raise CliError(f"{what} would overwrite the input image {same}{alias}; choose another --output-dir",
+                               EXIT_USAGE)
+            if key(target) in outputs:
+                other = outputs[key(target)]
+                raise CliError(f"{other} and {what} would both be written to {target}; rename one of the images",
+                               EXIT_USAGE)
+            outputs[key(target)] = what
+            if target.is_symlink() or target.exists():
+                if target.is_dir():
+                    raise CliError(f"{what} would be written to {target}, which is a folder", EXIT_USAGE)
+                if inode(target) in input_inodes:
+                    raise CliError(f"{what} would overwrite the input image {input_inodes[inode(target)]} "
+                                   f"({target} is the same file); choose another --output-dir", EXIT_USAGE)
+                if not overwrite:
+                    raise CliError(f"{target} already exists ({what} would replace it); pass --overwrite to replace "
+                                   "existing outputs, or choose another --output-dir", EXIT_USAGE)
+        plan.append((path, targets[0][0], targets[1][0] if overlay else None))
+    return plan
+
+
+def _save_png(picture, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path`: a replaced output is a new file, so a
+    hard link to the old one (perhaps an input elsewhere) keeps its content, and an interrupted run leaves no
+    half-written PNG."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        picture.save(temporary, format="PNG")
+        os.replace(temporary, path)
+    except BaseException as error:  # an interrupted or failed write leaves no temporary file behind
+        temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise CliError(f"cannot write {path}: {_one_line(error)}", EXIT_FAILURE) from error
+        raise
+
+
 def _predict(args) -> int:
     import torch
     from tqdm.auto import tqdm
@@ -245,11 +331,8 @@ def _predict(args) -> int:
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}", EXIT_USAGE)
     images = _expand_images(args.images)
-    stems = {}
-    for path in images:
-        if path.stem in stems:
-            raise CliError(f"{stems[path.stem]} and {path} would both write {path.stem}.png; rename one", EXIT_USAGE)
-        stems[path.stem] = path
+    output_dir = Path(args.output_dir).expanduser()
+    plan = _plan_outputs(images, output_dir, args.overlay, args.overwrite)
     for path in images:
         _check_readable(path)
     device = _device(args.device)
@@ -262,29 +345,32 @@ def _predict(args) -> int:
     if getattr(model.config, "num_labels", 0) > 255:
         raise CliError(f"the model has {model.config.num_labels} classes; label PNGs hold at most 255", EXIT_FAILURE)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
-    output_dir = Path(args.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CliError(f"cannot create --output-dir {output_dir}: {_one_line(error)}", EXIT_FAILURE) from error
 
+    mode = args.mode or (getattr(model.config, "test_protocol", None) or {}).get("mode", "whole")
+    if mode == "whole" and (crop_size is not None or stride is not None):
+        raise CliError("--crop-size and --stride apply to --mode slide only (the model's test protocol is whole)",
+                       EXIT_USAGE)
     slide = {}
-    if args.mode == "slide":
+    if mode == "slide":
         slide = dict(crop_size=crop_size, stride=stride, preset=loaded.preset_name)
     written = 0
-    for path in tqdm(images, desc="predict", unit="image", disable=args.quiet or None):
+    for path, label_path, overlay_path in tqdm(plan, desc="predict", unit="image", disable=args.quiet or None):
         image = _open_image(path)
         try:
             (label_map,) = segment(
-                model, loaded.processor, image, mode=args.mode, scales=args.scales, flip=args.flip,
+                model, loaded.processor, image, mode=mode, scales=args.scales, flip=args.flip,
                 batch_size=args.batch_size, autocast_dtype=autocast, **slide,
             )
         except ValueError as error:
             raise CliError(f"cannot segment {path}: {_one_line(error)}", EXIT_FAILURE) from error
-        colorize(label_map, loaded.palette).save(output_dir / f"{path.stem}.png")
-        if args.overlay:
+        _save_png(colorize(label_map, loaded.palette), label_path)
+        if overlay_path is not None:
             picture = overlay(_rgb_array(image, loaded.processor), label_map, loaded.palette, alpha=args.alpha)
-            picture.save(output_dir / f"{path.stem}_overlay.png")
+            _save_png(picture, overlay_path)
         written += 1
     if not args.quiet:
         extra = " and overlays (*_overlay.png)" if args.overlay else ""
@@ -347,8 +433,9 @@ def _list(args) -> int:
 
     names = presets.list_models(args.family)
     if not names:
-        raise CliError(f"no presets of family {args.family!r}; families: "
-                       f"{', '.join(sorted({p.family for p in presets.PRESETS.values()}))}", EXIT_USAGE)
+        families = sorted({p.family for p in presets.PRESETS.values()})
+        raise CliError(f"no presets of family {args.family!r}; families: {', '.join(families)}."
+                       + presets.did_you_mean(args.family, families), EXIT_USAGE)
     print(f"{'preset':42s} {'parameters':>14s} {'inference':>14s}  {'labels':18s} test protocol")
     for name in names:
         preset = presets.get_preset(name)
@@ -445,14 +532,16 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="segment images: label PNGs (with the dataset's palette) and overlay pictures",
         description="Segment images at their original size and write, per image, OUTPUT_DIR/<name>.png: a palette "
         "PNG whose pixel values are the class ids (coloured with the dataset's palette), and with --overlay "
-        "OUTPUT_DIR/<name>_overlay.png, the image blended with the coloured prediction.",
+        "OUTPUT_DIR/<name>_overlay.png, the image blended with the coloured prediction. Nothing is written when an "
+        "output would land on an input image or on another output, or (without --overwrite) on an existing file.",
         formatter_class=_Formatter,
     )
     model_arguments(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGES", help="image files, or folders of image files")
     predict.add_argument("--output-dir", required=True, help="folder for the outputs (created if missing)")
-    predict.add_argument("--mode", choices=("whole", "slide"), default="whole",
-                         help="whole: one pass on the resized image; slide: overlapping windows, as SETR evaluates")
+    predict.add_argument("--mode", choices=("whole", "slide"), default=None,
+                         help="whole: one pass on the resized image; slide: overlapping windows, as SETR evaluates "
+                         "(default: the model's saved test protocol, config.test_protocol, else whole)")
     predict.add_argument("--crop-size", type=int, nargs="+", metavar="N",
                          help="slide window height [width] (default: the preset's, or SETR's config.image_size)")
     predict.add_argument("--stride", type=int, nargs="+", metavar="N",
@@ -461,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="test-time scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75 (probabilities averaged)")
     predict.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
     predict.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace output files that already exist (an input image is never overwritten)")
     predict.add_argument("--alpha", type=float, default=0.5, help="weight of the colours in the overlay")
     predict.add_argument("--batch-size", type=int, default=4, help="windows / variants per forward pass")
     predict.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")

@@ -129,12 +129,21 @@ def _size_as_dict(size) -> dict:
     return {key: value for key, value in items if value is not None}
 
 
-def _default_slide_settings(model, crop_size, stride, preset):
-    """Crop / stride: explicit values, else the preset's `inference`, else SETR's `image_size` and 2/3 of it."""
-    if preset is not None and (crop_size is None or stride is None):
-        from .presets import get_preset
+def _saved_protocol(model) -> dict:
+    """The test protocol saved with the model (`config.test_protocol`: mode, crop_size, stride), or {}."""
+    return dict(getattr(getattr(model, "config", None), "test_protocol", None) or {})
 
-        settings = get_preset(preset).inference
+
+def _default_slide_settings(model, crop_size, stride, preset):
+    """Crop / stride: explicit values, else the preset's `inference`, else the model's saved test protocol, else
+    SETR's `image_size` and 2/3 of it."""
+    if crop_size is None or stride is None:
+        if preset is not None:
+            from .presets import get_preset
+
+            settings = get_preset(preset).inference
+        else:
+            settings = _saved_protocol(model)
         crop_size = settings.get("crop_size") if crop_size is None else crop_size
         stride = settings.get("stride") if stride is None else stride
     if crop_size is None:
@@ -167,6 +176,24 @@ def _as_image_list(images) -> list:
             raise ValueError(f"`images` is an empty batch of shape {tuple(images.shape)}.")
         return list(images)
     return [images]
+
+
+def _process(processor, image, index: int, **kwargs):
+    """`processor(images=[image], **kwargs)`, with the image's index in the caller's list in any error (the processor
+    sees a list of one, so its own messages say "image 0")."""
+    try:
+        return processor(images=[image], **kwargs)
+    except (ValueError, TypeError, OSError) as error:
+        message = str(error)
+        if message.startswith("image 0"):
+            message = f"image {index}" + message[len("image 0"):]
+        elif not message.startswith(f"image {index}"):
+            message = f"image {index}: {message}"
+        try:
+            reindexed = type(error)(message)
+        except Exception:  # noqa: BLE001 - an error class with another signature: keep the message
+            reindexed = ValueError(message)
+        raise reindexed from error
 
 
 class _Runner:
@@ -266,7 +293,7 @@ def segment(
     model,
     processor,
     images,
-    mode: str = "whole",
+    mode: str | None = None,
     crop_size: int | Sequence[int] | None = None,
     stride: int | Sequence[int] | None = None,
     scales: Sequence[float] | None = None,
@@ -286,7 +313,9 @@ def segment(
         processor: the model's image processor (`SetrImageProcessor`); it converts and resizes every image. It is
             called with `do_pad=False`; padding to the model's multiple is done here.
         images: one image or a list of images in any form the processor accepts (PIL, NumPy, torch, paths).
-        mode (`"whole"` or `"slide"`): one forward pass on the whole resized image, or overlapping windows.
+        mode (`"whole"` or `"slide"`, *optional*): one forward pass on the whole resized image, or overlapping
+            windows. Default: the model's saved test protocol (`config.test_protocol`, written by `hf-seg train` and
+            the presets), else `"whole"`.
         crop_size, stride (`int` or `(height, width)`): the sliding windows (slide mode only). When left out they
             come from `preset` (its `inference` settings) if given, else, for a SETR model, the crop is
             `config.image_size`; the stride defaults to `2/3` of the crop (the SETR presets' 341 / 512 / 320).
@@ -305,6 +334,8 @@ def segment(
         `list[torch.Tensor]` of int64 `(H, W)` label maps on the CPU, or with `return_probabilities` a tuple
         `(label_maps, probabilities)`.
     """
+    if mode is None:
+        mode = _saved_protocol(model).get("mode", "whole")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
@@ -334,9 +365,9 @@ def segment(
     base_size = _size_as_dict(getattr(processor, "size", None)) if getattr(processor, "do_resize", True) else {}
 
     label_maps, probabilities = [], []
-    for image in image_list:
+    for index, image in enumerate(image_list):
         # The original size, as the processor converts the image (orientation, layout, batch-of-one handling).
-        raw = processor(images=[image], do_resize=False, do_rescale=False, do_normalize=False, do_pad=False)
+        raw = _process(processor, image, index, do_resize=False, do_rescale=False, do_normalize=False, do_pad=False)
         original = tuple(int(side) for side in np.asarray(raw["pixel_values"][0]).shape[-2:])
 
         variants = []  # (pixel_values (3, h, w), flipped)
@@ -349,7 +380,8 @@ def segment(
                                                       "width": max(1, int(original[1] * scale + 0.5))}}
             else:
                 kwargs = {}
-            pixel_values = processor(images=[image], do_pad=False, return_tensors="pt", **kwargs)["pixel_values"][0]
+            processed = _process(processor, image, index, do_pad=False, return_tensors="pt", **kwargs)
+            pixel_values = processed["pixel_values"][0]
             for flipped in flips:
                 variants.append((pixel_values.flip(-1) if flipped else pixel_values, flipped))
 

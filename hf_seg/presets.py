@@ -5,8 +5,13 @@ that variant and `create_image_processor(name)` its processor. The numbers come 
 `shared/reference/MODELS.md` in the project's design notes: SETR §2.1-2.7).
 """
 
+import dataclasses
+import difflib
+import inspect
+import typing
 from dataclasses import dataclass, field
 
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import (
     ConvNextImageProcessorPil,
     SegformerConfig,
@@ -16,6 +21,7 @@ from transformers import (
 
 from .labels import load_label_set
 from .models.mpvit import MPViTConfig, MPViTForImageClassification, MPViTForSemanticSegmentation
+from .models.segformer.configuration_segformer_mmseg import check_segformer_labels, validate_segformer_architecture
 from .models.setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor
 
 
@@ -224,6 +230,28 @@ FAMILY_CLASSES = {
 }
 
 
+def did_you_mean(name: str, choices, n: int = 3, cutoff: float = 0.6) -> str:
+    """The sentence `" Did you mean 'a', 'b'?"` naming the choices close to `name` (difflib), or "" when none is
+    close. Shared by every "unknown name" error of hf_seg (presets, configuration and processor keys, `--model`)."""
+    close = difflib.get_close_matches(str(name), sorted(choices), n=n, cutoff=cutoff)
+    return f" Did you mean {', '.join(repr(choice) for choice in close)}?" if close else ""
+
+
+class UnknownPresetError(KeyError):
+    """`get_preset` & co. on a name that is no preset. A `KeyError` whose message reads as a sentence (a plain
+    `KeyError` shows the repr of its argument)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(
+            f"unknown model preset {name!r}; hf_seg.list_models() gives the {len(PRESETS)} valid names."
+            + did_you_mean(name, PRESETS)
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def list_models(family: str | None = None) -> list[str]:
     """Names of the presets, optionally of one family ("setr", ...)."""
     return sorted(name for name, preset in PRESETS.items() if family is None or preset.family == family)
@@ -231,30 +259,90 @@ def list_models(family: str | None = None) -> list[str]:
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise KeyError(f"unknown model preset {name!r}; hf_seg.list_models() gives the {len(PRESETS)} valid names")
+        raise UnknownPresetError(name)
     return PRESETS[name]
 
 
+def config_keys(config_class) -> set[str]:
+    """The keyword arguments a configuration class uses: its dataclass fields, the settable properties of it and
+    its bases (`num_labels`, `output_attentions`, `out_features`, ...; a private one `_x` is passed as `x`, e.g.
+    `attn_implementation`) and its `attribute_map` aliases. Anything else transformers would store unread."""
+    keys = {item.name for item in dataclasses.fields(config_class)} | set(getattr(config_class, "attribute_map", {}))
+    for klass in config_class.__mro__:
+        for name, value in vars(klass).items():
+            if isinstance(value, property) and value.fset is not None:
+                keys.add(name)
+    return keys | {key.lstrip("_") for key in keys if key.startswith("_")}
+
+
+def processor_keys(processor_class) -> set[str]:
+    """The keyword arguments of an image processor's `__init__`: its named parameters and the keys of the
+    `Unpack[...Kwargs]` typed dict of its `**kwargs` (transformers' processors take all their settings that way)."""
+    keys, typed_dict = set(), None
+    for parameter in list(inspect.signature(processor_class.__init__).parameters.values())[1:]:
+        if parameter.kind is parameter.VAR_KEYWORD:
+            annotation = parameter.annotation
+            if typing.get_origin(annotation) is typing.Unpack:
+                typed_dict = typing.get_args(annotation)[0]
+        elif parameter.kind is not parameter.VAR_POSITIONAL:
+            keys.add(parameter.name)
+    typed_dict = typed_dict or getattr(processor_class, "valid_kwargs", None)
+    if typed_dict is not None:
+        keys |= set(typed_dict.__required_keys__) | set(typed_dict.__optional_keys__)
+    return keys
+
+
+def _check_keys(overrides: dict, known: set[str], what: str, name: str) -> None:
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        public = {key for key in known if not key.startswith("_")}
+        if len(unknown) == 1:
+            hints = did_you_mean(unknown[0], public)
+        else:  # say which key each suggestion is for
+            hints = "".join(f" {key!r}:{hint}" for key in unknown[:3] if (hint := did_you_mean(key, public)))
+        raise TypeError(f"{what} of preset {name!r} got unknown key{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(repr(key) for key in unknown)}.{hints}")
+
+
 def create_config(name: str, **overrides):
-    """The preset's configuration, labelled with its dataset's classes unless `num_labels`/`id2label` are given."""
+    """The preset's configuration, labelled with its dataset's classes unless `num_labels`/`id2label` are given.
+
+    Raises `UnknownPresetError` (a `KeyError`) for an unknown name, `TypeError` for an override key that the
+    configuration class does not have ("did you mean"), and `ValueError` naming the field and value for a
+    configuration the model cannot build (e.g. `num_labels=0`, a hidden size not divisible by the heads)."""
     preset = get_preset(name)
     config_class = FAMILY_CLASSES[preset.family][0]
+    _check_keys(overrides, config_keys(config_class), "create_config", name)
     kwargs = dict(preset.config)
     if preset.label_set is not None and "num_labels" not in overrides and "id2label" not in overrides:
         id2label, _ = load_label_set(preset.label_set)
         kwargs.update(id2label=id2label, label2id={label: index for index, label in id2label.items()})
     kwargs.update(overrides)
-    return config_class(**kwargs)
+    try:
+        if config_class is SegformerConfig:  # transformers' class: hf_seg checks what it creates from it
+            check_segformer_labels(kwargs.get("num_labels"), kwargs.get("id2label"))
+        config = config_class(**kwargs)
+        if config_class is SegformerConfig:
+            validate_segformer_architecture(config)
+    except StrictDataclassClassValidationError as error:  # the config's own validator: its ValueError, unwrapped
+        cause = error.__cause__ if isinstance(error.__cause__, (ValueError, TypeError)) else error
+        raise ValueError(f"preset {name!r}: {cause}") from error
+    except ValueError as error:
+        raise ValueError(f"preset {name!r}: {error}") from error
+    return config
 
 
 def create_model(name: str, **config_overrides):
-    """A randomly initialised model of the preset (e.g. `create_model("setr-pup-vit-large-ade20k-512")`)."""
+    """A randomly initialised model of the preset (e.g. `create_model("setr-pup-vit-large-ade20k-512")`); the
+    overrides are configuration fields, checked as `create_config` does."""
     model_class = FAMILY_CLASSES[get_preset(name).family][1]
     return model_class(create_config(name, **config_overrides))
 
 
 def create_image_processor(name: str, **overrides):
-    """The preset's image processor: the papers' test-time resize, ImageNet normalisation, padding."""
+    """The preset's image processor: the papers' test-time resize, ImageNet normalisation, padding. An override key
+    that the processor's `__init__` does not take is a `TypeError` ("did you mean")."""
     preset = get_preset(name)
     processor_class = FAMILY_CLASSES[preset.family][2]
+    _check_keys(overrides, processor_keys(processor_class), "create_image_processor", name)
     return processor_class(**{**preset.processor, **overrides})

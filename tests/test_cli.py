@@ -303,7 +303,8 @@ def test_subprocess_exit_status_and_stderr(setr_folder, images, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "wide.png").is_file() and (tmp_path / "wide_overlay.png").is_file()
     result = subprocess.run([sys.executable, "-m", "hf_seg", "predict", "--model", "nope", str(images),
-                             "--output-dir", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=300)
+                             "--output-dir", str(tmp_path / "again")], capture_output=True, text=True, cwd=REPO,
+                            timeout=300)  # a new folder: the outputs of the first run would be refused first
     assert result.returncode == 2
     _assert_one_line_error(result.stderr, "unknown model 'nope'")
 

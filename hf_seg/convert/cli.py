@@ -125,7 +125,7 @@ def push_to_hub(output_dir: Path, repo_id: str) -> str:
 def convert(family: str, checkpoint: str, model_name: str, output_dir: str, source: str = "auto") -> dict:
     """Convert and write the folder; return a summary (`layout`, `dropped`, `files`, `preset`)."""
     from ..labels import load_label_set
-    from ..presets import create_image_processor, get_preset, list_models
+    from ..presets import create_image_processor, did_you_mean, get_preset, list_models
 
     if family not in CONVERTERS:
         raise ConversionError(f"no converter for family {family!r}; known: {', '.join(CONVERTERS)}")
@@ -135,7 +135,7 @@ def convert(family: str, checkpoint: str, model_name: str, output_dir: str, sour
     except KeyError:
         names = [name for f in converter.preset_families for name in list_models(f)]
         raise ConversionError(f"unknown preset {model_name!r} for convert_{family}.py; valid names: "
-                              f"{', '.join(names)}") from None
+                              f"{', '.join(names)}.{did_you_mean(model_name, names)}") from None
     if preset.family not in converter.preset_families:
         raise ConversionError(f"preset {model_name!r} is a {preset.family} preset, not one convert_{family}.py "
                               f"handles ({', '.join(converter.preset_families)})")
@@ -160,8 +160,10 @@ def convert(family: str, checkpoint: str, model_name: str, output_dir: str, sour
 
 def main(family: str, argv: list[str] | None = None, prog: str | None = None) -> int:
     """Entry point of `conversion/convert_<family>.py` (and `hf-seg convert`, which passes its own `prog` for the
-    usage line): 0 on success, 1 on any error."""
+    usage line): 0 on success, 1 on any error. Errors are one line on stderr, "error: ..." from the scripts and
+    "hf-seg: error: ..." (the first word of `prog`) from `hf-seg convert`, as every other `hf-seg` error."""
     args = build_parser(family, prog).parse_args(argv)
+    error_prefix = f"{prog.split()[0]}: error" if prog else "error"
     try:
         summary = convert(family, args.checkpoint, args.model_name, args.output_dir, args.source)
         print(f"converted {args.checkpoint} ({summary['layout']} layout) -> {args.output_dir} "
@@ -174,6 +176,6 @@ def main(family: str, argv: list[str] | None = None, prog: str | None = None) ->
         if args.push_to_hub:
             print(f"uploaded to {push_to_hub(Path(args.output_dir), args.push_to_hub)}")
     except (ConversionError, ValueError, KeyError, OSError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"{error_prefix}: {one_line(error)}", file=sys.stderr)
         return 1
     return 0

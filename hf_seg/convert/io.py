@@ -3,6 +3,7 @@
 unwrapped to a flat `{key: tensor}` state dict, with one-line errors for missing, truncated or corrupt files."""
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -30,7 +31,9 @@ def _read(path: Path):
     except pickle.UnpicklingError as error:
         text = one_line(error)
         if "weights_only" in text or "Unsupported global" in text:
-            global_name = text.split("Unsupported global: GLOBAL ")[-1].split(" ")[0] if "GLOBAL" in text else "?"
+            # torch words it "Unsupported global: GLOBAL a.b" or "unsupported GLOBAL a.b whose module a is blocked"
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            global_name = found.group(1) if found else "?"
             raise ConversionError(
                 f"cannot read checkpoint {path} with torch.load(weights_only=True): it pickles an object that is not "
                 f"a tensor or plain container ({global_name}); load it in a trusted environment and re-save "

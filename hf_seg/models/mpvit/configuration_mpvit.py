@@ -1,9 +1,36 @@
 # Copyright 2026 The hf_seg authors. Licensed under the Apache License, Version 2.0.
 """MPViT configuration."""
 
+import numbers
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
+
+
+# Copied from hf_seg.models.segformer.configuration_segformer_mmseg.check_segformer_labels
+def check_labels(num_labels, id2label) -> None:
+    """Refuse what transformers only warns about and then silently replaces: `num_labels` that is not a positive
+    integer, or that disagrees with the number of classes `id2label` names; `id2label` that names no class, or
+    whose keys are not the class ids 0..n-1. Called before the configuration is built (`num_labels` is not kept)."""
+    if num_labels is not None:
+        if isinstance(num_labels, bool) or not isinstance(num_labels, numbers.Integral) or num_labels < 1:
+            raise ValueError(f"num_labels={num_labels!r} must be a positive integer (the number of classes)")
+        if id2label is not None and len(id2label) != num_labels:
+            raise ValueError(
+                f"num_labels={num_labels} disagrees with len(id2label)={len(id2label)}; pass one of the two or "
+                "make them agree"
+            )
+    if id2label is not None:
+        if len(id2label) == 0:
+            raise ValueError("id2label={} names no class: a model needs num_labels >= 1")
+        try:
+            ids = sorted(int(key) for key in id2label)
+        except (TypeError, ValueError):
+            keys = list(id2label)[:8]
+            raise ValueError(f"id2label keys must be the class ids 0..{len(id2label) - 1}, got {keys}") from None
+        if ids != list(range(len(ids))):
+            raise ValueError(f"id2label keys must be the class ids 0..{len(ids) - 1}, got {ids[:8]}")
 
 
 @strict
@@ -84,11 +111,25 @@ class MPViTConfig(BackboneConfigMixin, PreTrainedConfig):
     semantic_loss_ignore_index: int = 255
 
     def __post_init__(self, **kwargs):
+        check_labels(kwargs.get("num_labels"), self.id2label)
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_stages + 1)]
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """`from_pretrained(folder, num_labels=n)` asks for n new classes in place of the saved ones (transformers
+        warns, then replaces `id2label` with LABEL_0..n-1): the saved names are dropped here, so that the strict
+        check of `num_labels` against `id2label` only ever sees what the caller passed."""
+        num_labels = kwargs.get("num_labels")
+        if num_labels is not None:
+            check_labels(num_labels, kwargs.get("id2label"))
+            saved = config_dict.get("id2label")
+            if saved is not None and len(saved) != num_labels:
+                config_dict = {key: value for key, value in config_dict.items() if key not in ("id2label", "label2id")}
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def stage_out_channels(self) -> list[int]:
@@ -98,6 +139,26 @@ class MPViTConfig(BackboneConfigMixin, PreTrainedConfig):
     def validate_architecture(self):
         """Part of `@strict` validation: refuse configurations the model cannot build, naming the field."""
         super().validate_architecture()
+        for name in ("num_stages", "num_channels", "decoder_hidden_size", "auxiliary_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        for name in ("pool_scales", "crpe_window_sizes", "crpe_head_splits"):
+            value = list(getattr(self, name))
+            if not value or any(item < 1 for item in value):
+                raise ValueError(f"{name}={value} must be a non-empty list of positive integers")
+        for name in ("drop_path_rate", "classifier_dropout_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
+        if self.auxiliary_num_convs < 0:
+            raise ValueError(f"auxiliary_num_convs={self.auxiliary_num_convs} must be at least 0")
+        if self.auxiliary_loss_weight < 0:
+            raise ValueError(f"auxiliary_loss_weight={self.auxiliary_loss_weight} must be at least 0")
+        for name in ("layer_norm_eps", "batch_norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if not self.id2label:
+            raise ValueError(f"id2label={self.id2label} names no class: a model needs num_labels >= 1")
         for name in ("hidden_sizes", "depths", "num_paths", "num_attention_heads", "mlp_ratios"):
             value = getattr(self, name)
             if len(value) != self.num_stages:

@@ -1,11 +1,38 @@
 # Copyright 2026 The hf_seg authors. Licensed under the Apache License, Version 2.0.
 """SETR configuration."""
 
+import numbers
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 
 SETR_DECODER_TYPES = ("naive", "pup", "mla")
+
+
+# Copied from hf_seg.models.segformer.configuration_segformer_mmseg.check_segformer_labels
+def check_labels(num_labels, id2label) -> None:
+    """Refuse what transformers only warns about and then silently replaces: `num_labels` that is not a positive
+    integer, or that disagrees with the number of classes `id2label` names; `id2label` that names no class, or
+    whose keys are not the class ids 0..n-1. Called before the configuration is built (`num_labels` is not kept)."""
+    if num_labels is not None:
+        if isinstance(num_labels, bool) or not isinstance(num_labels, numbers.Integral) or num_labels < 1:
+            raise ValueError(f"num_labels={num_labels!r} must be a positive integer (the number of classes)")
+        if id2label is not None and len(id2label) != num_labels:
+            raise ValueError(
+                f"num_labels={num_labels} disagrees with len(id2label)={len(id2label)}; pass one of the two or "
+                "make them agree"
+            )
+    if id2label is not None:
+        if len(id2label) == 0:
+            raise ValueError("id2label={} names no class: a model needs num_labels >= 1")
+        try:
+            ids = sorted(int(key) for key in id2label)
+        except (TypeError, ValueError):
+            keys = list(id2label)[:8]
+            raise ValueError(f"id2label keys must be the class ids 0..{len(id2label) - 1}, got {keys}") from None
+        if ids != list(range(len(ids))):
+            raise ValueError(f"id2label keys must be the class ids 0..{len(ids) - 1}, got {ids[:8]}")
 
 
 @strict
@@ -100,6 +127,23 @@ class SetrConfig(PreTrainedConfig):
     auxiliary_loss_weight: float | int = 0.4
     semantic_loss_ignore_index: int = 255
 
+    def __post_init__(self, **kwargs):
+        check_labels(kwargs.get("num_labels"), self.id2label)
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """`from_pretrained(folder, num_labels=n)` asks for n new classes in place of the saved ones (transformers
+        warns, then replaces `id2label` with LABEL_0..n-1): the saved names are dropped here, so that the strict
+        check of `num_labels` against `id2label` only ever sees what the caller passed."""
+        num_labels = kwargs.get("num_labels")
+        if num_labels is not None:
+            check_labels(num_labels, kwargs.get("id2label"))
+            saved = config_dict.get("id2label")
+            if saved is not None and len(saved) != num_labels:
+                config_dict = {key: value for key, value in config_dict.items() if key not in ("id2label", "label2id")}
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def image_grid_size(self) -> tuple[int, int]:
         """(rows, columns) of the stored position-embedding grid."""
@@ -109,6 +153,22 @@ class SetrConfig(PreTrainedConfig):
     def validate_architecture(self):
         """Part of `@strict` validation: refuse configurations the model cannot build, naming the field."""
         super().validate_architecture()
+        for name in ("patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "decoder_channels", "mla_channels", "mla_head_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
+        if self.auxiliary_num_convs < 0:
+            raise ValueError(f"auxiliary_num_convs={self.auxiliary_num_convs} must be at least 0")
+        if self.auxiliary_loss_weight < 0:
+            raise ValueError(f"auxiliary_loss_weight={self.auxiliary_loss_weight} must be at least 0")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps={self.layer_norm_eps} must be positive")
+        if not self.id2label:
+            raise ValueError(f"id2label={self.id2label} names no class: a model needs num_labels >= 1")
         if self.decoder_type not in SETR_DECODER_TYPES:
             raise ValueError(f"decoder_type={self.decoder_type!r} is not one of {SETR_DECODER_TYPES}")
         if self.hidden_size % self.num_attention_heads:
