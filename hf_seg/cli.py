@@ -479,7 +479,12 @@ def _delegate(module_name: str, function_name: str, call_args: tuple, command: s
     if function is None:
         raise CliError(f"`{PROG} {command}` is not available in this installation "
                        f"({module_name}.{function_name} is missing)")
-    status = function(*call_args)
+    from .presets import UnknownPresetError
+
+    try:
+        status = function(*call_args)
+    except (UnknownPresetError, FileNotFoundError) as error:  # something named wrong: exit 2, as predict does
+        raise CliError(str(error), EXIT_USAGE) from error
     return 0 if status is None else int(status)
 
 

@@ -252,6 +252,18 @@ class UnknownPresetError(KeyError):
         return str(self.args[0])
 
 
+class UnknownModelError(UnknownPresetError):
+    """A model name (`--model`, `train(model=...)`) that is no preset, no local folder and no Hub id."""
+
+    def __init__(self, name: str):
+        self.name = name
+        KeyError.__init__(
+            self,
+            f"unknown model {name!r}: not a preset (`hf-seg list` shows them), a local folder or a Hub id "
+            "(owner/name)." + did_you_mean(name, PRESETS),
+        )
+
+
 def list_models(family: str | None = None) -> list[str]:
     """Names of the presets, optionally of one family ("setr", ...)."""
     return sorted(name for name, preset in PRESETS.items() if family is None or preset.family == family)
@@ -312,8 +324,10 @@ def create_config(name: str, **overrides):
     configuration the model cannot build (e.g. `num_labels=0`, a hidden size not divisible by the heads)."""
     preset = get_preset(name)
     config_class = FAMILY_CLASSES[preset.family][0]
-    _check_keys(overrides, config_keys(config_class), "create_config", name)
+    _check_keys(overrides, config_keys(config_class) | {"test_protocol"}, "create_config", name)
     kwargs = dict(preset.config)
+    if preset.inference:  # the papers' test protocol travels with the model (`hf_seg.segment`, `hf-seg evaluate`)
+        kwargs["test_protocol"] = dict(preset.inference)
     if preset.label_set is not None and "num_labels" not in overrides and "id2label" not in overrides:
         id2label, _ = load_label_set(preset.label_set)
         kwargs.update(id2label=id2label, label2id={label: index for index, label in id2label.items()})

@@ -165,7 +165,8 @@ def test_unreadable_image_is_a_one_line_failure(setr_folder, tmp_path, capsys):
 
 def test_bad_option_values_are_usage_errors(setr_folder, images, tmp_path, capsys):
     folder = setr_folder[0]
-    status, _, err = _run(capsys, "predict", "--model", folder, images, "--output-dir", tmp_path, "--crop-size", 64)
+    status, _, err = _run(capsys, "predict", "--model", folder, images, "--output-dir", tmp_path, "--mode", "whole",
+                          "--crop-size", 64)
     assert status == 2
     _assert_one_line_error(err, "--crop-size and --stride apply to --mode slide only")
     status, _, err = _run(capsys, "predict", "--model", folder, images, "--output-dir", tmp_path, "--alpha", 2)

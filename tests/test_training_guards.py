@@ -104,3 +104,34 @@ def test_a_truncated_checkpoint_file_is_named_before_resuming(tmp_path, shapes):
 def _processor():
     return hf_seg.SetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 128}, do_reduce_labels=False,
                                      size_divisor=1)
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_misspelt_model_and_missing_data_folder_are_usage_errors_named_before_loading(command, tmp_path, capsys):
+    from hf_seg.cli import main
+
+    extra = ["--output_dir", str(tmp_path / "out")] if command == "train" else []
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    (folder / "annotations").mkdir()
+    status = main([command, "--model", "segformer-b0-ade20k-51", "--dataset", str(folder), *extra])
+    err = capsys.readouterr().err
+    assert status == 2 and "unknown model 'segformer-b0-ade20k-51'" in err and "'segformer-b0-ade20k-512'" in err
+    status = main([command, "--model", "segformer-b0-ade20k-512", "--dataset", str(tmp_path / "nope"), *extra])
+    err = capsys.readouterr().err
+    assert status == 2 and f"dataset folder {tmp_path / 'nope'} does not exist" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_weights_file_is_named_when_training_or_evaluating_a_folder(tmp_path, shapes):
+    model = _segformer()
+    model.save_pretrained(tmp_path / "model")
+    _processor().save_pretrained(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    from hf_seg.training import evaluate_model
+
+    for call in (lambda: train(str(tmp_path / "model"), shapes, output_dir=str(tmp_path / "out")),
+                 lambda: evaluate_model(str(tmp_path / "model"), shapes)):
+        with pytest.raises(ValueError, match=f"weights file {weights} .* is truncated or not a safetensors file"):
+            call()

@@ -142,7 +142,7 @@ def load_segmentation_dataset(
             raise ValueError(f"dataset {source} is a file; pass a save_to_disk folder, an images/ + annotations/ "
                              "folder or a Hub dataset id")
         if str(source).startswith((".", "/", "~")) or path.is_absolute() or len(path.parts) > 2:
-            raise ValueError(f"dataset folder {source} does not exist")
+            raise FileNotFoundError(f"dataset folder {source} does not exist")
         if split is not None:
             load_dataset_kwargs.setdefault("split", split)
         data = datasets.load_dataset(str(source), **load_dataset_kwargs)

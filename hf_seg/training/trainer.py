@@ -384,6 +384,35 @@ def decide_labels(data_labels, train_data, label_column: str, split: str, model_
     return LabelContract(dict(id2label), bool(reduce_labels), source, reason)
 
 
+def check_model_source(source: str) -> None:
+    """Before `from_pretrained`: a local folder must hold a config and readable weights (a truncated
+    `*.safetensors` is named); a name that is neither a folder nor a Hub id (`owner/name`) is an `UnknownModelError`
+    with "did you mean" instead of a Hub connection error."""
+    import re
+
+    from safetensors import safe_open
+
+    from ..presets import UnknownModelError
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model folder {source} has no config.json: not a folder written by save_pretrained")
+        for file in sorted(path.glob("*.safetensors")):
+            try:
+                with safe_open(str(file), framework="pt") as handle:
+                    handle.keys()
+            except Exception as error:  # noqa: BLE001 - SafetensorError, OSError, ...
+                raise ValueError(f"weights file {file} ({file.stat().st_size:,} bytes) is truncated or not a "
+                                 f"safetensors file: {error}") from error
+    elif path.exists():
+        raise ValueError(f"model {source} is a file; pass the folder that holds config.json")
+    elif not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source):
+        if "/" in source or source.startswith((".", "~")):
+            raise FileNotFoundError(f"model folder {source} does not exist")
+        raise UnknownModelError(source)
+
+
 def build_model_and_processor(
     model,
     id2label: dict | None = None,
@@ -418,6 +447,7 @@ def build_model_and_processor(
         model = built
     elif isinstance(model, (str, os.PathLike)):
         source = str(model)
+        check_model_source(source)
         model = AutoModelForSemanticSegmentation.from_pretrained(
             source, **dict(from_pretrained_kwargs, **config_overrides)
         )
@@ -731,6 +761,8 @@ def train(
     from ..data import load_segmentation_dataset
     from ..data.labels import DataLabels
 
+    if isinstance(model, (str, os.PathLike)) and str(model) not in presets.PRESETS:
+        check_model_source(str(model))  # a misspelt name fails before any data is loaded
     data = info = None
     if dataset is not None:
         data, info = load_segmentation_dataset(
@@ -907,8 +939,11 @@ def evaluate_model(
 ) -> dict:
     """`hf-seg evaluate`: a checkpoint (folder / Hub id / model) on a data set split with the papers' protocol.
     Under `torchrun` / `accelerate launch` each process takes its share and the confusion matrices are summed."""
+    from .. import presets
     from ..data import load_segmentation_dataset
 
+    if isinstance(model, (str, os.PathLike)) and str(model) not in presets.PRESETS:
+        check_model_source(str(model))  # a misspelt name fails before any data is loaded
     data, info = load_segmentation_dataset(
         dataset, split=split, image_column=image_column, label_column=label_column, decode=False, **load_kwargs
     )

@@ -1,0 +1,354 @@
+"""A user's journey, end to end, through the real `hf-seg` command line in subprocesses.
+
+Each journey brings data of one shape hf_seg accepts, then: `hf-seg train` (a preset with a tiny configuration) ->
+`hf-seg evaluate` of the saved folder **with no flags** -> `hf-seg predict` -> `transformers.pipeline` -> a reload in
+a Python where hf_seg cannot be imported. At every step it asserts the class names and count and the reduce-labels
+setting, and that the saved folder's evaluation equals the training run's final evaluation exactly (DESIGN.md
+principle 0: the facts travel with the model).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+
+TRAIN_FLAGS = [
+    "--max_steps", "3", "--warmup_steps", "1", "--per_device_train_batch_size", "2", "--crop_size", "64",
+    "--train_scale", "128", "64", "--save_strategy", "no", "--logging_steps", "1", "--seed", "0", "--use_cpu",
+    "--disable_tqdm", "true", "--report_to", "none",
+]
+TINY = {
+    "segformer": {"hidden_sizes": [8, 8, 16, 16], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1],
+                  "decoder_hidden_size": 16},
+    "setr": {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
+             "image_size": 64, "decoder_channels": 16},
+    "mpvit": {"hidden_sizes": [16, 16, 24, 32], "depths": [1, 1, 1, 1], "num_paths": [1, 1, 1, 1],
+              "mlp_ratios": [2, 2, 2, 2], "decoder_hidden_size": 16, "auxiliary_channels": 8},
+}
+
+
+def hf_seg_command(*args) -> list[str]:
+    """The installed `hf-seg` console script (beside this Python), else `python -m hf_seg`."""
+    script = Path(sys.executable).with_name("hf-seg")
+    return [str(script), *args] if script.is_file() else [sys.executable, "-m", "hf_seg", *args]
+
+
+def _start(command: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start a step with its output in files (no pipe can fill up while the steps run side by side). One thread
+    each: most of a step is single-threaded start-up."""
+    full_env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", **(env or {}))
+    logs = cwd / "logs"
+    logs.mkdir(exist_ok=True)
+    number = len(list(logs.iterdir())) // 2
+    stdout, stderr = open(logs / f"{number}.out", "w+"), open(logs / f"{number}.err", "w+")
+    process = subprocess.Popen(command, cwd=str(cwd), env=full_env, stdin=subprocess.DEVNULL, stdout=stdout,
+                               stderr=stderr, text=True)
+    process.logs = (stdout, stderr)
+    return process
+
+
+def _finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        process.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    texts = []
+    for handle in process.logs:
+        handle.seek(0)
+        texts.append(handle.read())
+        handle.close()
+    stdout, stderr = texts
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    assert result.returncode == 0, f"{' '.join(map(str, process.args))[:600]}\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    return result
+
+
+def run(command: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return _finish(_start(command, cwd, env))
+
+
+def run_side_by_side(*steps) -> list[subprocess.CompletedProcess]:
+    """Run independent `(command, cwd[, env])` steps at the same time; each must succeed."""
+    processes = [_start(*step) for step in steps]
+    return [_finish(process) for process in processes]
+
+
+# ------------------------------------------------------------------------------------------------------ the data
+
+
+def _scene(rng, size=48, num_classes=4, first_class=0):
+    """A noisy image with a square of each class 1.. on a class-0 background; label values first_class + k."""
+    label = np.zeros((size, size), np.uint8)
+    for value in range(1, num_classes):
+        y, x = rng.integers(0, size - 16, 2)
+        label[y : y + 16, x : x + 16] = value
+    image = (rng.integers(0, 40, (size, size, 3)) + label[..., None] * 50).astype(np.uint8)
+    return image, (label + first_class).astype(np.uint8)
+
+
+def image_folder(root: Path, id2label: list[str] | None = None) -> Path:
+    """`images/{train,validation}/*.jpg` + `annotations/...png` with label values 0..3 (0 = background, a class)."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("validation", 3)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for index in range(count):
+            image, label = _scene(rng)
+            Image.fromarray(image).save(root / "images" / split / f"{split}_{index}.jpg", quality=95)
+            Image.fromarray(label).save(root / "annotations" / split / f"{split}_{index}.png")
+    if id2label is not None:
+        (root / "id2label.json").write_text(json.dumps(dict(enumerate(id2label))))
+    return root
+
+
+def ade20k_like(root: Path) -> Path:
+    """A `save_to_disk` DatasetDict shaped like the Hub's scene_parse_150: `image`, `annotation` with 0 = other and
+    classes 1..3, and the distracting `scene_category` ClassLabel."""
+    rng = np.random.default_rng(1)
+    features = datasets.Features({
+        "image": datasets.Image(), "annotation": datasets.Image(),
+        "scene_category": datasets.ClassLabel(names=["airport_terminal", "art_gallery", "badlands"]),
+    })
+    splits = {}
+    for split, count in (("train", 6), ("validation", 3)):
+        pairs = [_scene(rng) for _ in range(count)]
+        splits[split] = datasets.Dataset.from_dict(
+            {"image": [Image.fromarray(i) for i, _ in pairs], "annotation": [Image.fromarray(m) for _, m in pairs],
+             "scene_category": [index % 3 for index in range(count)]}, features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(root))
+    return root
+
+
+def class_label_column(root: Path, names: list[str]) -> Path:
+    """A `datasets` DatasetDict whose label column is typed `Sequence(Sequence(ClassLabel(names)))`."""
+    rng = np.random.default_rng(2)
+    features = datasets.Features({
+        "image": datasets.Image(),
+        "segmentation": datasets.Sequence(datasets.Sequence(datasets.ClassLabel(names=names))),
+    })
+    splits = {}
+    for split, count in (("train", 6), ("validation", 3)):
+        pairs = [_scene(rng) for _ in range(count)]
+        splits[split] = datasets.Dataset.from_dict(
+            {"image": [Image.fromarray(i) for i, _ in pairs], "segmentation": [m.tolist() for _, m in pairs]},
+            features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(root))
+    return root
+
+
+def validation_image(data: Path, folder: Path) -> Path:
+    """One validation image as a file (the image folder's own, or written from the save_to_disk set)."""
+    if (data / "images").is_dir():
+        return sorted((data / "images" / "validation").iterdir())[0]
+    image = datasets.load_from_disk(str(data))["validation"][0]["image"]
+    path = folder / "photo.png"
+    image.save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- the other processes
+
+PIPELINE = """
+import json, sys
+import numpy as np
+from PIL import Image
+import hf_seg
+from transformers import pipeline
+folder, image_path, segmented_path = sys.argv[1:4]
+segmenter = pipeline("image-segmentation", model=folder)
+image = Image.open(image_path).convert("RGB")
+config, processor = segmenter.model.config, segmenter.image_processor
+ids = {name: int(index) for index, name in config.id2label.items()}
+from_pipeline = np.full(image.size[::-1], -1)
+results = segmenter(image)
+for result in results:
+    from_pipeline[np.asarray(result["mask"]) > 0] = ids[result["label"]]
+whole = hf_seg.segment(segmenter.model, processor, [image], mode="whole")[0].numpy()
+np.save(segmented_path, hf_seg.segment(segmenter.model, processor, [image])[0].numpy())  # the saved protocol
+print(json.dumps({
+    "labels": sorted(result["label"] for result in results),
+    "names": [config.id2label[i] for i in range(config.num_labels)],
+    "do_reduce_labels": processor.do_reduce_labels,
+    "pipeline_equals_segment": bool((from_pipeline == whole).all()),
+}))
+"""
+
+WITHOUT_HF_SEG = """
+import json, sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_seg" or name.startswith("hf_seg."):
+            raise ImportError("hf_seg is blocked in this test")
+sys.meta_path.insert(0, Refuse())
+import torch
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+folder = sys.argv[1]
+model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+with torch.no_grad():
+    logits = model(pixel_values=torch.rand(1, 3, 64, 64)).logits
+print(json.dumps({
+    "names": [model.config.id2label[i] for i in range(model.config.num_labels)],
+    "logit_channels": logits.shape[1],
+    "do_reduce_labels": processor.do_reduce_labels,
+    "ignore_index": model.config.semantic_loss_ignore_index,
+    "test_protocol": model.config.test_protocol,
+    "hf_seg_imported": "hf_seg" in sys.modules,
+}))
+"""
+
+
+def printed_json(stdout: str) -> dict:
+    """The JSON object a command printed (from its first line that is `{` to the matching `}`)."""
+    lines = stdout.splitlines()
+    start = lines.index("{")
+    end = lines.index("}", start)
+    return json.loads("\n".join(lines[start : end + 1]))
+
+
+# ------------------------------------------------------------------------------------------------- the journeys
+
+JOURNEYS = {
+    # name: (preset, family, data builder, extra train flags, expected names, expected reduce_labels, protocol)
+    "image-folder-without-names": (
+        "segformer-b0-ade20k-512", "segformer", lambda root: image_folder(root), [],
+        ["class_0", "class_1", "class_2", "class_3"], False, {"mode": "whole"},
+    ),
+    "image-folder-with-id2label-json": (
+        "setr-naive-vit-large-ade20k-512", "setr",
+        lambda root: image_folder(root, ["background", "road", "tree", "roof"]),
+        ["--eval_crop_size", "128", "--eval_stride", "96"],
+        ["background", "road", "tree", "roof"], False, {"mode": "slide", "crop_size": 128, "stride": 96},
+    ),
+    "save-to-disk-ade20k-like-0-is-other": (
+        "upernet-mpvit-tiny-ade20k-512", "mpvit", ade20k_like, ["--reduce_labels", "true"],
+        ["class_0", "class_1", "class_2"], True, {"mode": "whole"},
+    ),
+    "datasets-classlabel-label-column": (
+        "setr-pup-vit-large-pascal-context-480", "setr",
+        lambda root: class_label_column(root, ["sky", "grass", "water", "rock"]), [],
+        ["sky", "grass", "water", "rock"], False, {"mode": "slide", "crop_size": 480, "stride": 320},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def trainings(tmp_path_factory):
+    """Every journey's data and `hf-seg train` run, started side by side; {journey: (folder, data, process)}."""
+    started = {}
+    for journey, (preset, family, make_data, flags, *_) in JOURNEYS.items():
+        folder = tmp_path_factory.mktemp(journey)
+        data = make_data(folder / "data")
+        overrides = dict(TINY[family], **({"auxiliary_in_indices": [1, 2]} if family == "setr" else {}))
+        command = hf_seg_command("train", "--model", preset, "--dataset", str(data), "--output_dir",
+                                 str(folder / "model"), "--config_overrides", json.dumps(overrides), *TRAIN_FLAGS,
+                                 *flags)
+        started[journey] = (folder, data, _start(command, folder))
+    yield started
+    for _, _, process in started.values():
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.parametrize("journey", list(JOURNEYS))
+def test_journey(journey, trainings):
+    _, _, _, _, names, reduce_labels, protocol = JOURNEYS[journey]
+    folder, data, training = trainings[journey]
+    out = folder / "model"
+
+    # 1. train: one line says what was decided; the final JSON has the evaluation
+    trained = _finish(training)
+    decided = [line for line in trained.stderr.splitlines() if line.startswith("hf_seg: ") and " classes (" in line]
+    assert len(decided) == 1, trained.stderr[-3000:]
+    assert decided[0].startswith(f"hf_seg: {len(names)} classes ({', '.join(names)})")
+    assert f"reduce_labels={reduce_labels} " in decided[0]
+    final = printed_json(trained.stdout)
+    assert not any(key.startswith(("eval_iou_", "eval_accuracy_")) for key in final)  # per-class: neither, by default
+
+    # 2. the saved folder records what was used
+    config = json.loads((out / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(len(names))] == names and len(config["id2label"]) == len(names)
+    assert config["semantic_loss_ignore_index"] == 255 and config["test_protocol"] == protocol
+    assert json.loads((out / "preprocessor_config.json").read_text())["do_reduce_labels"] is reduce_labels
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["reduce_labels"] is reduce_labels and recipe["labels"]["reduce_labels"] is reduce_labels
+    assert recipe["labels"]["num_labels"] == len(names) and recipe["test_protocol"] == protocol
+    card = (out / "README.md").read_text()
+    assert f"{len(names)} classes from" in card and f"reduce_labels={reduce_labels}" in card
+    assert all(f"| {index} | {name} |" in card for index, name in enumerate(names))
+    assert "datasets:" not in card and str(folder) not in card.split("---")[1]  # no local path in the metadata
+    results = json.loads((out / "all_results.json").read_text())
+
+    # 3-6, side by side: evaluate the folder with no flags; predict with its saved test protocol; transformers'
+    # pipeline with hf_seg imported; the shipped code where hf_seg cannot be imported
+    image = validation_image(data, folder)
+    predicted = folder / "predicted"
+    evaluated, _, piped, bare = run_side_by_side(
+        (hf_seg_command("evaluate", "--model", str(out), "--dataset", str(data)), folder),
+        (hf_seg_command("predict", "--model", str(out), str(image), "--output-dir", str(predicted), "--quiet"),
+         folder),
+        ([sys.executable, "-c", PIPELINE, str(out), str(image), str(folder / "segmented.npy")], folder),
+        ([sys.executable, "-c", WITHOUT_HF_SEG, str(out)], folder,
+         {"HF_HOME": str(folder / "bare_hf_home"), "PYTHONPATH": ""}),
+    )
+
+    metrics = printed_json(evaluated.stdout)  # exactly the training run's final evaluation
+    assert "reduce_labels=" not in evaluated.stderr  # nothing contradicts the saved folder: nothing to warn about
+    assert sorted(key[len("iou_"):] for key in metrics if key.startswith("iou_")) == sorted(names)
+    for key, value in metrics.items():
+        assert results[f"eval_{key}"] == value, key
+
+    predicted_map = np.asarray(Image.open(predicted / f"{image.stem}.png"))
+    assert set(np.unique(predicted_map).tolist()) <= set(range(len(names)))
+    assert (predicted_map == np.load(folder / "segmented.npy")).all()  # predict = hf_seg.segment, saved protocol
+
+    assert "Do you wish to run the custom code" not in piped.stderr + piped.stdout
+    assert "not supported for image-segmentation" not in piped.stderr
+    report = json.loads(piped.stdout.strip().splitlines()[-1])
+    assert report["names"] == names and set(report["labels"]) <= set(names) and report["labels"]
+    assert report["do_reduce_labels"] is reduce_labels and report["pipeline_equals_segment"]
+
+    report = json.loads(bare.stdout.strip().splitlines()[-1])
+    assert report == {"names": names, "logit_channels": len(names), "do_reduce_labels": reduce_labels,
+                      "ignore_index": 255, "test_protocol": protocol, "hf_seg_imported": False}
+
+
+def test_fine_tuning_a_saved_folder_on_new_classes_reinitialises_only_the_classifiers(tmp_path):
+    """`--model FOLDER --id2label new.json`: new classifiers, the rest kept; the same data without names keeps the
+    checkpoint's classes (their number equals the data's label values)."""
+    data = image_folder(tmp_path / "data")
+    first = tmp_path / "first"
+    run(hf_seg_command("train", "--model", "segformer-b0-ade20k-512", "--dataset", str(data), "--output_dir",
+                       str(first), "--config_overrides", json.dumps(TINY["segformer"]), "--eval_split", "none",
+                       *TRAIN_FLAGS), tmp_path)
+    new_names = ["water", "sand", "rock", "weed", "fish"]
+    (tmp_path / "new.json").write_text(json.dumps(new_names))
+    second, third = tmp_path / "second", tmp_path / "third"
+    relabelled, kept = run_side_by_side(
+        (hf_seg_command("train", "--model", str(first), "--dataset", str(data), "--id2label",
+                        str(tmp_path / "new.json"), "--output_dir", str(second), "--eval_split", "none",
+                        *TRAIN_FLAGS), tmp_path),
+        (hf_seg_command("train", "--model", str(first), "--dataset", str(data), "--output_dir", str(third),
+                        "--eval_split", "none", *TRAIN_FLAGS), tmp_path),
+    )
+    assert "new label set (4 -> 5 classes): re-initialised decode_head.classifier;" in relabelled.stderr
+    config = json.loads((second / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(5)] == new_names
+
+    from safetensors.torch import load_file
+
+    before, after = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert after["decode_head.classifier.weight"].shape[0] == 5 and before["decode_head.classifier.weight"].shape[0] == 4
+    assert set(before) == set(after)
+
+    assert "4 classes (class_0, class_1, class_2, class_3) from the checkpoint" in kept.stderr
+    assert "re-initialised" not in kept.stderr
