@@ -3,6 +3,8 @@
 The full run (defaults: 300 steps, 160 + 40 images of 128 x 128) is timed by hand; see README."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +60,9 @@ def test_short_quickstart_run_writes_model_metrics_and_overlays(tmp_path, capsys
         assert (model_dir / name).is_file(), name
     card = (model_dir / "README.md").read_text()
     assert f"| mean_iou | {metrics['mean_iou']:.4f} |" in card and "hf_seg-quickstart-shapes" in card
+    assert "datasets:" not in card  # a generated data set is no Hub id: it stays out of the card's metadata
+    (snippet,) = re.findall(r'AutoModelForSemanticSegmentation\.from_pretrained\("([^"]+)"\)', card)
+    assert Path(snippet).resolve() == model_dir.resolve()  # the card's usage snippet loads what exists
     model = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
     processor = AutoImageProcessor.from_pretrained(model_dir)
     assert type(model).__name__ == "SegformerForSemanticSegmentation" and model.config.num_labels == 6
