@@ -302,6 +302,7 @@ def segment(
     return_probabilities: bool = False,
     autocast_dtype: torch.dtype | None = None,
     preset: str | None = None,
+    min_short_side: int | None = None,
 ):
     """
     Semantic segmentation of `images` at their original size, with mmsegmentation's test protocol.
@@ -329,6 +330,9 @@ def segment(
         autocast_dtype (`torch.float16` / `torch.bfloat16`, *optional*): run the model under `torch.autocast` on its
             device with this dtype; logits are accumulated in float32.
         preset (`str`, *optional*): an `hf_seg` preset name whose `inference` settings fill crop_size / stride.
+        min_short_side (`int`, *optional*): SETR's multi-scale rule (`setr_multi_scale` of the authors' `_MS`
+            configs): each scale resizes the short side to `max(min_short_side, int(short * scale))`, keeping the
+            ratio, with no long-side limit. Default: mmseg's rule, the processor's `size` times the scale.
 
     Returns:
         `list[torch.Tensor]` of int64 `(H, W)` label maps on the CPU, or with `return_probabilities` a tuple
@@ -372,7 +376,10 @@ def segment(
 
         variants = []  # (pixel_values (3, h, w), flipped)
         for scale in scales:
-            if base_size:
+            if base_size and min_short_side is not None:
+                short = min(base_size.values()) if "shortest_edge" not in base_size else base_size["shortest_edge"]
+                kwargs = {"size": {"shortest_edge": max(int(min_short_side), int(short * scale))}}
+            elif base_size:
                 size = base_size if scale == 1 else {key: int(value * scale) for key, value in base_size.items()}
                 kwargs = {"size": size}
             elif scale != 1:

@@ -5,6 +5,7 @@ that variant and `create_image_processor(name)` its processor. The numbers come 
 `shared/reference/MODELS.md` in the project's design notes: SETR §2.1-2.7).
 """
 
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -70,6 +71,12 @@ _SETR_DATASETS = {
 }
 
 
+# The `*_MS.py` configs' MultiScaleFlipAug (MODELS.md §2.7): img_scale x these ratios, flipped too, each resized by
+# `setr_multi_scale` (short side = max(crop, scaled short side), long side unbounded); ADE20K Naive / MLA use three.
+_SIX_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+_SETR_AUG_SCALES = {("naive", "ade20k-512"): [0.5, 0.75, 1.0], ("mla", "ade20k-512"): [0.5, 0.75, 1.0]}
+
+
 def _setr_preset(decoder: str, encoder: str, dataset: str) -> Preset:
     crop, label_set, resize, reduce_labels, stride = _SETR_DATASETS[dataset]
     config = dict(_VIT_LARGE if encoder == "large" else _VIT_BASE, image_size=crop, **_SETR_DECODERS[decoder])
@@ -83,7 +90,10 @@ def _setr_preset(decoder: str, encoder: str, dataset: str) -> Preset:
         config=config,
         processor=dict(size=resize, do_reduce_labels=reduce_labels, size_divisor=16),
         label_set=label_set,
-        inference=dict(mode="slide", crop_size=crop, stride=stride),
+        inference=dict(mode="slide", crop_size=crop, stride=stride, aug_test=dict(
+            scales=_SETR_AUG_SCALES[(decoder, dataset)] if (decoder, dataset) in _SETR_AUG_SCALES else _SIX_RATIOS,
+            flip=True, min_short_side=crop,
+        )),
     )
 
 
@@ -109,14 +119,57 @@ _MIT = {
 
 # dataset -> (label set, processor resize, reduce labels, inference). The test resize is keep-ratio (fit inside
 # (2048, short)); transformers' SegformerImageProcessor only resizes to a fixed size, so SETR's processor is used.
+# `--aug-test` of the authors' tools/test.py: ADE20K ratios 0.75 ... 1.25, Cityscapes 0.5 ... 2.0, both flipped.
+_SEGFORMER_ADE20K_AUG = dict(scales=[0.75, 0.875, 1.0, 1.125, 1.25], flip=True)
+_SEGFORMER_CITYSCAPES_AUG = dict(scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0], flip=True)
+_SEGFORMER_OTHER_AUG = dict(scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True)  # its other data sets
 _SEGFORMER_DATASETS = {
-    "ade20k-512": ("ade20k", {"shortest_edge": 512, "longest_edge": 2048}, True, dict(mode="whole")),
-    "ade20k-640": ("ade20k", {"shortest_edge": 640, "longest_edge": 2048}, True, dict(mode="whole")),
+    "ade20k-512": (
+        "ade20k", {"shortest_edge": 512, "longest_edge": 2048}, True, dict(mode="whole", aug_test=_SEGFORMER_ADE20K_AUG)
+    ),
+    "ade20k-640": (
+        "ade20k", {"shortest_edge": 640, "longest_edge": 2048}, True, dict(mode="whole", aug_test=_SEGFORMER_ADE20K_AUG)
+    ),
     "cityscapes-1024": (
         "cityscapes", {"shortest_edge": 1024, "longest_edge": 2048}, False,
-        dict(mode="slide", crop_size=1024, stride=768),
+        dict(mode="slide", crop_size=1024, stride=768, aug_test=_SEGFORMER_CITYSCAPES_AUG),
     ),
+    # The authors' B0-only Cityscapes settings (local_configs/segformer/B0/segformer.b0.{768x768,512x1024,640x1280}
+    # .city.160k.py): test scale (1536, 768) + slide 768 / 768, and the real-time (1024, 512) / (1280, 640) whole.
+    "cityscapes-768": (
+        "cityscapes", {"shortest_edge": 768, "longest_edge": 1536}, False,
+        dict(mode="slide", crop_size=768, stride=768, aug_test=_SEGFORMER_CITYSCAPES_AUG),
+    ),
+    "cityscapes-512x1024": (
+        "cityscapes", {"shortest_edge": 512, "longest_edge": 1024}, False,
+        dict(mode="whole", aug_test=_SEGFORMER_CITYSCAPES_AUG),
+    ),
+    "cityscapes-640x1280": (
+        "cityscapes", {"shortest_edge": 640, "longest_edge": 1280}, False,
+        dict(mode="whole", aug_test=_SEGFORMER_CITYSCAPES_AUG),
+    ),
+    # The successors' data sets. Neither the authors nor mmsegmentation 1.x ship a SegFormer config for them, so the
+    # test protocol is mmseg 1.x's dataset configs' (configs/_base_/datasets/{coco-stuff164k,coco-stuff10k,
+    # pascal_voc12_aug,pascal_context,pascal_context_59}.py: keep-ratio resize into (2048, 512) / (520, 520), whole;
+    # Pascal Context slides 480 / 320 as mmseg's Pascal Context models and SETR do) and the authors' tools/test.py
+    # `--aug-test` for data sets other than ADE20K / Cityscapes (ratios 0.5 ... 1.75, flipped).
+    **{
+        dataset: (label_set, resize, reduce_labels, dict(inference, aug_test=_SEGFORMER_OTHER_AUG))
+        for dataset, label_set, resize, reduce_labels, inference in (
+            ("coco-stuff164k-512", "coco_stuff", {"shortest_edge": 512, "longest_edge": 2048}, False,
+             dict(mode="whole")),
+            ("coco-stuff10k-512", "coco_stuff", {"shortest_edge": 512, "longest_edge": 2048}, True, dict(mode="whole")),
+            ("voc12aug-512", "pascal_voc", {"shortest_edge": 512, "longest_edge": 2048}, False, dict(mode="whole")),
+            ("pascal-context-480", "pascal_context_60", {"shortest_edge": 520, "longest_edge": 520}, False,
+             dict(mode="slide", crop_size=480, stride=320)),
+            ("pascal-context-59-480", "pascal_context_59", {"shortest_edge": 520, "longest_edge": 520}, True,
+             dict(mode="slide", crop_size=480, stride=320)),
+        )
+    },
 }
+#: data sets whose SegFormer presets exist for every MiT size (the B0-only Cityscapes settings are added below)
+_SEGFORMER_ALL_SIZES = ("ade20k-512", "cityscapes-1024", "coco-stuff164k-512", "coco-stuff10k-512", "voc12aug-512",
+                        "pascal-context-480", "pascal-context-59-480")
 
 
 def _mit_config(size: str) -> dict:
@@ -160,8 +213,10 @@ def _mit_preset(size: str) -> Preset:
 PRESETS.update(
     (preset.name, preset)
     for preset in [
-        *(_segformer_preset(size, dataset) for size in _MIT for dataset in ("ade20k-512", "cityscapes-1024")),
+        *(_segformer_preset(size, dataset) for size in _MIT for dataset in _SEGFORMER_ALL_SIZES),
         _segformer_preset("b5", "ade20k-640"),
+        *(_segformer_preset("b0", dataset) for dataset in ("cityscapes-768", "cityscapes-512x1024",
+                                                            "cityscapes-640x1280")),
         *(_mit_preset(size) for size in _MIT),
     ]
 )
@@ -327,7 +382,7 @@ def create_config(name: str, **overrides):
     _check_keys(overrides, config_keys(config_class) | {"test_protocol"}, "create_config", name)
     kwargs = dict(preset.config)
     if preset.inference:  # the papers' test protocol travels with the model (`hf_seg.segment`, `hf-seg evaluate`)
-        kwargs["test_protocol"] = dict(preset.inference)
+        kwargs["test_protocol"] = copy.deepcopy(preset.inference)
     if preset.label_set is not None and "num_labels" not in overrides and "id2label" not in overrides:
         id2label, _ = load_label_set(preset.label_set)
         kwargs.update(id2label=id2label, label2id={label: index for index, label in id2label.items()})

@@ -4,7 +4,8 @@ import pytest
 
 from hf_seg.labels import LABEL_SETS, load_label_set
 
-EXPECTED_SIZES = {"ade20k": 150, "cityscapes": 19, "pascal_context_60": 60, "pascal_context_59": 59}
+EXPECTED_SIZES = {"ade20k": 150, "cityscapes": 19, "pascal_context_60": 60, "pascal_context_59": 59, "coco_stuff": 171,
+                  "pascal_voc": 21}
 
 
 def test_label_set_files_match_names():
@@ -38,6 +39,11 @@ def test_known_entries():
     assert pc59_palette == pc60_palette[1:]
     assert list(pc59.values()) == list(pc60.values())[1:]
 
+    coco, coco_palette = load_label_set("coco_stuff")
+    assert (coco[0], coco[79], coco[80], coco[170]) == ("person", "toothbrush", "banner", "wood")  # 80 things, 91 stuff
+    voc, voc_palette = load_label_set("pascal_voc")
+    assert (voc[0], voc_palette[0], voc[20], voc_palette[20]) == ("background", (0, 0, 0), "tvmonitor", (0, 64, 128))
+
 
 def test_unknown_label_set():
     with pytest.raises(KeyError, match="valid names: ade20k, cityscapes"):
@@ -57,6 +63,8 @@ DATASET_CLASSES = {
     "cityscapes": "CityscapesDataset",
     "pascal_context_60": "PascalContextDataset",
     "pascal_context_59": "PascalContextDataset59",
+    "coco_stuff": "COCOStuffDataset",
+    "pascal_voc": "PascalVOCDataset",
 }
 
 

@@ -1,5 +1,7 @@
-"""Dataset loading, mmsegmentation-equal training augmentations, evaluation transform and collator."""
+"""Dataset loading, mmsegmentation-equal training augmentations, evaluation transform and collator; the data sets'
+own layouts and label-id tables (`hf_seg.data.datasets`)."""
 
+from .datasets import LABEL_ID_TABLES, apply_label_ids, train_ids_to_label_ids
 from .loading import load_segmentation_dataset
 from .transforms import (
     IMAGENET_MEAN,
@@ -23,9 +25,11 @@ from .transforms import (
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LABEL_ID_TABLES",
     "SegmentationEvalTransform",
     "SegmentationTrainTransform",
     "add_index_column",
+    "apply_label_ids",
     "collate_segmentation",
     "example_rng",
     "hsv_to_rgb_uint8",
@@ -38,4 +42,5 @@ __all__ = [
     "resize_image",
     "resize_label",
     "rgb_to_hsv_uint8",
+    "train_ids_to_label_ids",
 ]

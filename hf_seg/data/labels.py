@@ -9,11 +9,15 @@ with are the data's own (DESIGN.md principle 0). Class names are taken, in this 
    ``ClassLabel`` of another column (the Hub's ADE20K carries a ``scene_category`` one);
 3. an ``id2label.json`` (or hf_seg's ``{"names": [...]}`` label-set file) inside a ``save_to_disk`` folder or beside
    an image folder's ``images/``;
-4. a Hub data set whose label set hf_seg ships (`KNOWN_HUB_DATASETS`), or the ``id2label.json`` of the Hub data set's
+4. a folder in a known data set's own layout (Cityscapes, Pascal VOC, Pascal Context, COCO-Stuff:
+   `hf_seg.data.datasets.find_layout`): that data set's label set and reduce-labels convention;
+5. a Hub data set whose label set hf_seg ships (`KNOWN_HUB_DATASETS`), or the ``id2label.json`` of the Hub data set's
    repository (as transformers' semantic-segmentation example reads it).
 
 When none exists, `scan_label_values` counts the label values of the training split and the classes are named
 ``class_0 …``. The conventions of a known data set (ADE20K's "0 = other", i.e. reduce-labels) come with its names.
+Label maps that hold a data set's raw label ids (Cityscapes ``*_gtFine_labelIds.png``, ...) are looked up in its
+table (`hf_seg.data.datasets`) as they are decoded, before reduce-labels: the scans here take that ``label_ids``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 from datasets import ClassLabel, Sequence
 
 from ..labels import LABEL_SETS, load_label_set
+from .datasets import LABEL_ID_TABLES, apply_label_ids
 from .transforms import IGNORE_INDEX, _open, _processor, _source_name, _where, reduce_zero_label
 
 
@@ -35,8 +40,12 @@ KNOWN_HUB_DATASETS = {
     "scene_parse_150": ("ade20k", True),
     "zhoubolei/scene_parse_150": ("ade20k", True),
 }
-#: label set -> reduce_labels of the data set it comes from (ADE20K stores "0 = other" and classes as 1..150)
-LABEL_SET_REDUCE_LABELS = {"ade20k": True, "cityscapes": False, "pascal_context_60": False, "pascal_context_59": True}
+#: label set -> reduce_labels of the data set it comes from (ADE20K stores "0 = other" and classes as 1..150;
+#: COCO-Stuff: the 164k convention, mmseg's COCOStuffDataset default; the 10k layout brings its own, True)
+LABEL_SET_REDUCE_LABELS = {
+    "ade20k": True, "cityscapes": False, "pascal_context_60": False, "pascal_context_59": True, "coco_stuff": False,
+    "pascal_voc": False,
+}
 ID2LABEL_FILE = "id2label.json"
 
 
@@ -99,13 +108,17 @@ def _class_label_of(feature) -> ClassLabel | None:
             return None
 
 
-def find_class_names(source, dataset, label_column: str, id2label=None) -> DataLabels:
+def find_class_names(source, dataset, label_column: str, id2label=None, layout=None) -> DataLabels:
     """The data set's class names by the module's rule (``id2label`` is None when none is found).
 
     ``source`` is what the user named (a folder or a Hub id, or None for an in-memory data set); ``dataset`` a
-    ``Dataset`` (or one split of it) whose ``label_column`` holds the label maps."""
+    ``Dataset`` (or one split of it) whose ``label_column`` holds the label maps; ``layout`` the
+    `hf_seg.data.datasets.Layout` the folder was found in (its label set; its reduce-labels convention also when the
+    user names that same label set, e.g. COCO-Stuff 10k's)."""
     if id2label is not None:
         names, reduce_labels = read_id2label(id2label)
+        if layout is not None and isinstance(id2label, str) and id2label == layout.label_set:
+            reduce_labels = layout.reduce_labels
         where = f"the label set {id2label!r}" if isinstance(id2label, str) and id2label in LABEL_SETS else "id2label"
         if isinstance(id2label, (str, os.PathLike)) and where == "id2label":
             where = f"id2label file {id2label}"
@@ -117,6 +130,10 @@ def find_class_names(source, dataset, label_column: str, id2label=None) -> DataL
         candidate = Path(source) / ID2LABEL_FILE  # inside a save_to_disk folder, or beside images/ + annotations/
         if candidate.is_file():
             return DataLabels(read_id2label(candidate)[0], f"{candidate}")
+        if layout is not None:
+            return DataLabels(load_label_set(layout.label_set)[0],
+                              f"hf_seg's {layout.label_set} label set ({layout.description} layout in {source})",
+                              layout.reduce_labels)
     elif source is not None and str(source) in KNOWN_HUB_DATASETS:
         label_set, reduce_labels = KNOWN_HUB_DATASETS[str(source)]
         return DataLabels(load_label_set(label_set)[0], f"hf_seg's {label_set} label set (data set {source})",
@@ -140,25 +157,28 @@ def _hub_id2label_file(repo_id: str) -> str | None:
         return None
 
 
-def _label_array(value, index) -> np.ndarray:
+def _label_array(value, index, label_ids: str | None = None) -> np.ndarray:
+    """One label map decoded (and looked up in the ``label_ids`` table when given)."""
+    name = _source_name(value)
     try:
-        return _processor().convert_segmentation_map(_open(value), 0)
+        label = _processor().convert_segmentation_map(_open(value), 0)
     except Exception as error:  # noqa: BLE001 - re-raised with the example and file
-        name = _source_name(value)
         raise ValueError(f"{_where(index)}{f' ({name})' if name else ''}: cannot read label map: {error}") from error
+    return apply_label_ids(label, label_ids, _where(index), name)
 
 
 def scan_label_values(dataset, label_column: str, reduce_labels: bool = False, split: str = "train",
-                      progress: bool = True) -> np.ndarray:
-    """Pixel count of every label value of ``dataset``'s label maps (index = value, after reduce-labels; the ignore
-    index 255 is left out). Exact: every map is decoded once; counting is one ``bincount`` per map."""
+                      progress: bool = True, label_ids: str | None = None) -> np.ndarray:
+    """Pixel count of every label value of ``dataset``'s label maps (index = value, after the ``label_ids`` table and
+    reduce-labels; the ignore index 255 is left out). Exact: every map is decoded once; counting is one ``bincount``
+    per map."""
     from tqdm.auto import tqdm
 
     counts = np.zeros(256, dtype=np.int64)
     column = dataset.select_columns([label_column]) if hasattr(dataset, "select_columns") else dataset
     for index in tqdm(range(len(column)), desc=f"scanning the {split} label maps", unit="map",
                       disable=not progress or len(column) < 200):
-        label = _label_array(column[index][label_column], f"{split} example {index}")
+        label = _label_array(column[index][label_column], f"{split} example {index}", label_ids)
         if reduce_labels:
             label = reduce_zero_label(label)
         values = label[label != IGNORE_INDEX].ravel()
@@ -171,18 +191,23 @@ def scan_label_values(dataset, label_column: str, reduce_labels: bool = False, s
 
 
 def check_label_values(counts: np.ndarray, id2label: dict, split: str, dataset, label_column: str,
-                       reduce_labels: bool) -> None:
-    """Refuse label values the classes cannot hold, naming the values, the split and an example index."""
+                       reduce_labels: bool, label_ids: str | None = None) -> None:
+    """Refuse label values the classes cannot hold, naming the values, the split and an example index (and the
+    ``--label_ids`` table when the classes are one whose raw ids the values could be)."""
     num_labels = len(id2label)
     if len(counts) <= num_labels:
         return
     bad = [int(v) for v in np.flatnonzero(counts[num_labels:]) + num_labels]
     example = next(
         (i for i in range(len(dataset))
-         if np.isin(_reduced(_label_array(dataset[i][label_column], i), reduce_labels), bad).any()),
+         if np.isin(_reduced(_label_array(dataset[i][label_column], i, label_ids), reduce_labels), bad).any()),
         None,
     )
     hint = "" if reduce_labels else " If 0 means 'other' / unlabelled in this data, pass --reduce_labels true."
+    names = [id2label[index] for index in sorted(id2label)]
+    for table in LABEL_ID_TABLES.values():
+        if label_ids is None and any(names == list(load_label_set(s)[0].values()) for s in table.label_sets):
+            hint += f" If the maps hold {table.description}, pass --label_ids {table.name}."
     raise ValueError(
         f"split {split!r} holds label values {bad[:10]} (e.g. example {example}) outside the {num_labels} classes "
         f"0..{num_labels - 1}{' after reduce_labels' if reduce_labels else ''}; fix id2label or the data.{hint}"

@@ -1,4 +1,5 @@
-"""Load a semantic-segmentation dataset from the Hub, a ``save_to_disk`` folder or a folder of images + label PNGs."""
+"""Load a semantic-segmentation dataset from the Hub, a ``save_to_disk`` folder, a known data set's own folder layout
+(Cityscapes, Pascal VOC, Pascal Context, COCO-Stuff: `hf_seg.data.datasets`) or a folder of images + label PNGs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import datasets
 from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 
+from .datasets import (
+    NO_LABEL_IDS,
+    check_label_ids,
+    detect_label_ids,
+    find_layout,
+    label_ids_from_file_names,
+)
 from .labels import find_class_names
 
 IMAGE_COLUMN_NAMES = ("image", "pixel_values", "img", "images")
@@ -23,7 +31,10 @@ __all__ = ["load_segmentation_dataset", "SegmentationDatasetInfo"]
 
 class SegmentationDatasetInfo(dict):
     """Plain dict with ``image_column``, ``label_column``, ``id2label`` (None when the data names no classes),
-    ``labels_source`` (where the names came from) and ``reduce_labels`` (the data set's own convention, or None)."""
+    ``labels_source`` (where the names came from), ``reduce_labels`` (the data set's own convention, or None),
+    ``label_ids`` (the label-id table the maps need, e.g. ``"cityscapes"``, or None: they hold training ids),
+    ``label_ids_source`` (what decided it: "asked", the file names, the value range; None when nothing did) and
+    ``layout`` (the data set whose folder layout was read, or None)."""
 
 
 def _list_files(folder: Path, extensions) -> dict[str, Path]:
@@ -52,7 +63,8 @@ def _pair_folder(image_dir: Path, label_dir: Path) -> dict[str, list[str]]:
     return {"image": [str(images[s]) for s in stems], "label": [str(labels[s]) for s in stems]}
 
 
-def _load_image_folder(root: Path) -> DatasetDict:
+def _load_image_folder(root: Path) -> tuple[DatasetDict, list[str]]:
+    """The splits of an images/ + annotations/ folder and the label files' paths."""
     image_root, label_root = root / "images", root / "annotations"
     if not label_root.is_dir() and (root / "labels").is_dir():
         label_root = root / "labels"
@@ -60,15 +72,16 @@ def _load_image_folder(root: Path) -> DatasetDict:
         raise ValueError(f"{root}: expected the sub-folders 'images/' and 'annotations/' (or 'labels/').")
     features = datasets.Features({"image": ImageFeature(), "label": ImageFeature()})
     split_dirs = sorted(p.name for p in image_root.iterdir() if p.is_dir())
-    splits = {}
+    pairs = {}
     if split_dirs:
         for name in split_dirs:
             if not (label_root / name).is_dir():
                 raise ValueError(f"{root}: split {name!r} has images but no folder {label_root / name}.")
-            splits[name] = Dataset.from_dict(_pair_folder(image_root / name, label_root / name), features=features)
+            pairs[name] = _pair_folder(image_root / name, label_root / name)
     else:
-        splits["train"] = Dataset.from_dict(_pair_folder(image_root, label_root), features=features)
-    return DatasetDict(splits)
+        pairs["train"] = _pair_folder(image_root, label_root)
+    splits = {name: Dataset.from_dict(columns, features=features) for name, columns in pairs.items()}
+    return DatasetDict(splits), [path for columns in pairs.values() for path in columns["label"]]
 
 
 def _is_2d_sequence(feature) -> bool:
@@ -105,15 +118,26 @@ def load_segmentation_dataset(
     label_column: str | None = None,
     id2label=None,
     decode: bool = True,
+    label_ids: str | None = None,
     **load_dataset_kwargs,
 ):
     """
     Load a semantic-segmentation dataset and find its image / label columns and class names.
 
     ``source`` is (checked in this order) a ``Dataset`` / ``DatasetDict`` in memory, a folder written by
-    ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, a local folder ``<root>/images/<split>/*`` + ``<root>/annotations/<split>/*.png`` (or flat ``images/`` +
-    ``annotations/``, loaded as split ``train``; images and maps are paired by file stem), or a Hub dataset id
-    (``datasets.load_dataset(source, **load_dataset_kwargs)``).
+    ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, a known data set's folder in the layout mmsegmentation
+    expects (`hf_seg.data.datasets.find_layout`: Cityscapes ``leftImg8bit/`` + ``gtFine/``, Pascal VOC
+    ``JPEGImages`` + ``SegmentationClass`` (+ SBD's ``SegmentationClassAug``: split ``trainaug``) +
+    ``ImageSets/Segmentation``, Pascal Context, COCO-Stuff 164k / 10k; images and maps paired by that data set's
+    naming rule, split ``val`` loaded as ``validation``), a local folder ``<root>/images/<split>/*`` + ``<root>/annotations/<split>/*.png`` (or
+    flat ``images/`` + ``annotations/``, loaded as split ``train``; images and maps are paired by file stem), or a
+    Hub dataset id (``datasets.load_dataset(source, **load_dataset_kwargs)``).
+
+    ``label_ids``: the maps hold a data set's raw label ids (``"cityscapes"``: ``*_gtFine_labelIds.png``,
+    ``"coco_stuff164k"``, ``"coco_stuff10k"``, ``"pascal_context_459"``; `hf_seg.data.datasets.LABEL_ID_TABLES`) or
+    ``"none"`` (read them as they are). By default it is detected from the file names, else from the value range
+    (values above the classes' range in a data set whose classes are Cityscapes' / Pascal Context's); the result is
+    ``info["label_ids"]``, for the transforms and the evaluation to apply as they decode each map.
 
     Returns ``(dataset, info)``: a ``Dataset`` when ``split`` is given, else a ``DatasetDict``; ``info`` is a dict with
     ``image_column``, ``label_column``, ``id2label`` (``None`` when the data names no classes), ``labels_source`` and
@@ -126,8 +150,10 @@ def load_segmentation_dataset(
     ``ValueError`` naming the example and file (or is skipped with ``on_bad_example="skip"``) instead of an error
     inside ``datasets``.
     """
+    label_ids = check_label_ids(label_ids)
     in_memory = isinstance(source, (Dataset, DatasetDict))
     path = None if in_memory else Path(source)
+    layout = file_evidence = None
     if in_memory:
         data = source
     elif path.is_dir():
@@ -135,8 +161,12 @@ def load_segmentation_dataset(
             path / "state.json"
         ).is_file():
             data = datasets.load_from_disk(str(path))
+        elif (layout := find_layout(path, label_ids)) is not None:
+            data = layout.dataset_dict()
+            file_evidence = (layout.label_ids, layout.label_ids_source)
         else:
-            data = _load_image_folder(path)
+            data, label_files = _load_image_folder(path)
+            file_evidence = label_ids_from_file_names(label_files)
     else:
         if path.exists():
             raise ValueError(f"dataset {source} is a file; pass a save_to_disk folder, an images/ + annotations/ "
@@ -170,9 +200,14 @@ def load_segmentation_dataset(
                 if isinstance(parts[name].features.get(column), ImageFeature):
                     parts[name] = parts[name].cast_column(column, ImageFeature(decode=False))
         data = parts[split] if split is not None else DatasetDict(parts)
-    labels = find_class_names(None if in_memory else source, first, label_col, id2label)
+    labels = find_class_names(None if in_memory else source, first, label_col, id2label, layout=layout)
+    if label_ids is not None:
+        chosen = (None if label_ids == NO_LABEL_IDS else label_ids, "asked")
+    else:
+        chosen = file_evidence or detect_label_ids(first, label_col, labels.id2label, next(iter(parts))) or (None, None)
     info = SegmentationDatasetInfo(
         image_column=image_col, label_column=label_col, id2label=labels.id2label, labels_source=labels.source,
-        reduce_labels=labels.reduce_labels,
+        reduce_labels=labels.reduce_labels, label_ids=chosen[0], label_ids_source=chosen[1],
+        layout=layout.name if layout is not None else None,
     )
     return data, info

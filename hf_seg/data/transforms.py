@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .datasets import apply_label_ids, read_mat_label_map
+
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 IGNORE_INDEX = 255
@@ -274,8 +276,8 @@ def _source_name(value) -> str | None:
 
 
 def _open(value):
-    """Datasets ``Image(decode=False)`` dicts, file paths and raw bytes → PIL; nested lists → an array; PIL / arrays
-    pass through."""
+    """Datasets ``Image(decode=False)`` dicts, file paths and raw bytes → PIL; nested lists and MATLAB ``.mat`` label
+    files (`hf_seg.data.datasets.read_mat_label_map`) → an array; PIL / arrays pass through."""
     if isinstance(value, dict):
         if value.get("bytes") is not None:
             value = value["bytes"]
@@ -290,6 +292,8 @@ def _open(value):
         image.load()
         return image
     if isinstance(value, str):
+        if value.lower().endswith(".mat"):  # COCO-Stuff 10k, the PASCAL-Context 459-class release
+            return read_mat_label_map(value)
         image = Image.open(value)
         image.load()
         return image
@@ -304,10 +308,12 @@ def _where(index) -> str:
     return f"example {index}"
 
 
-def decode_example(image, label, index):
+def decode_example(image, label, index, label_ids: str | None = None):
     """Decode one example to an (H, W, 3) uint8 RGB image and an (H, W) int64 label map (ValueError on bad data).
 
-    ``index`` is the dataset index (int) or a description of the example (str) used in error messages.
+    ``index`` is the dataset index (int) or a description of the example (str) used in error messages. ``label_ids``
+    names the data set's label-id table (`hf_seg.data.datasets.LABEL_ID_TABLES`, e.g. ``"cityscapes"`` for
+    ``*_gtFine_labelIds.png``): the map is looked up in it once, here, and comes out in training ids.
     """
     where = _where(index)
     position = index if isinstance(index, int) else 0
@@ -325,6 +331,7 @@ def decode_example(image, label, index):
         seg = _processor().convert_segmentation_map(_open(label), position)
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"{where}{f' ({label_name})' if label_name else ''}: cannot read label map: {error}") from error
+    seg = apply_label_ids(seg, label_ids, where, label_name)
     if seg.shape != rgb.shape[:2]:
         raise ValueError(
             f"{where}{f' ({label_name})' if label_name else ''}: label map size (height, width) {seg.shape} differs "
@@ -397,6 +404,7 @@ class SegmentationTrainTransform(_BadExampleMixin):
     count is warned about once by ``set_epoch`` / ``report()`` (per process: each DataLoader worker counts its own).
     ``mean`` / ``std`` are on the 0..255 scale (mmseg); values all ≤ 1 are taken as 0..1-scale and multiplied by 255.
     ``num_labels`` enables the label-value check (values ≥ num_labels other than 255, after reduce-labels, raise).
+    ``label_ids`` names the data set's label-id table (e.g. ``"cityscapes"``), applied as each map is decoded.
     Input images may be PIL images, arrays, file paths or ``Image(decode=False)`` dicts (any mode
     ``SetrImageProcessor`` accepts; converted to RGB uint8 by its rules).
     """
@@ -418,7 +426,9 @@ class SegmentationTrainTransform(_BadExampleMixin):
         label_column: str = "label",
         index_column: str = "__index__",
         on_bad_example: str = "raise",
+        label_ids: str | None = None,
     ):
+        self.label_ids = label_ids
         self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(int(c) for c in crop_size)
         self.scale = tuple(int(s) for s in scale)
         self.ratio_range = tuple(float(r) for r in ratio_range)
@@ -466,7 +476,7 @@ class SegmentationTrainTransform(_BadExampleMixin):
         return pixels.contiguous(), labels.contiguous()
 
     def _one(self, index, image, label, fallback):
-        rgb, seg, name = decode_example(image, label, index)
+        rgb, seg, name = decode_example(image, label, index, self.label_ids)
         rng = example_rng(self.seed, self.epoch, index if fallback is None else fallback)
         return self.apply(rgb, seg, rng, index, name)
 
@@ -494,7 +504,8 @@ class SegmentationEvalTransform(_BadExampleMixin):
     """
     Evaluation transform: decodes and checks each example, then defers to an image processor (e.g. the model's
     ``SetrImageProcessor`` / ``SegformerImageProcessor``) for the test-time resize, normalisation and padding.
-    Labels are reduced here when ``reduce_labels`` (the processor's own ``do_reduce_labels`` is switched off).
+    Labels are reduced here when ``reduce_labels`` (the processor's own ``do_reduce_labels`` is switched off), after
+    the data set's label-id table ``label_ids`` (e.g. ``"cityscapes"``) when one is named.
     """
 
     def __init__(
@@ -506,8 +517,10 @@ class SegmentationEvalTransform(_BadExampleMixin):
         label_column: str = "label",
         index_column: str = "__index__",
         on_bad_example: str = "raise",
+        label_ids: str | None = None,
         **processor_kwargs,
     ):
+        self.label_ids = label_ids
         self.image_processor = image_processor
         self.reduce_labels = bool(reduce_labels)
         self.num_labels = num_labels
@@ -516,7 +529,7 @@ class SegmentationEvalTransform(_BadExampleMixin):
         self._init_bad(on_bad_example)
 
     def _one(self, index, image, label):
-        rgb, seg, name = decode_example(image, label, index)
+        rgb, seg, name = decode_example(image, label, index, self.label_ids)
         if self.reduce_labels:
             seg = reduce_zero_label(seg)
         check_label_values(seg, self.num_labels, index, name, self.reduce_labels)

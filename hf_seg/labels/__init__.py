@@ -9,12 +9,17 @@ code bases, e.g. ADE20K class 7 is ``"bed "`` with a trailing space.
 - ``pascal_context_60``: Pascal Context with background as class 0 (SETR's 60-class setting), mmseg 1.x names.
 - ``pascal_context_59``: Pascal Context without background (mmseg 1.x ``PascalContextDataset59``); its palette is
   the 60-class palette without the first row.
+- ``coco_stuff``: the 171 classes of COCO-Stuff 164k / 10k (mmseg 1.x ``COCOStuffDataset``, whose palette repeats some
+  colours).
+- ``pascal_voc``: Pascal VOC 2012 (+ SBD), background and the 20 object classes (mmseg 1.x ``PascalVOCDataset``).
+
+How a data set's files become these ids (raw label-id tables, layouts) is `hf_seg.data.datasets`.
 """
 
 import json
 from importlib import resources
 
-LABEL_SETS = ("ade20k", "cityscapes", "pascal_context_60", "pascal_context_59")
+LABEL_SETS = ("ade20k", "cityscapes", "pascal_context_60", "pascal_context_59", "coco_stuff", "pascal_voc")
 
 
 def load_label_set(name: str) -> tuple[dict[int, str], list[tuple[int, int, int]]]:

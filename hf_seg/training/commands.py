@@ -45,9 +45,22 @@ class DataArguments:
         metadata={"help": "mmseg reduce_zero_label: 0 = other / ignored, k -> k-1 (default: the data set's convention, "
                           "e.g. ADE20K's; False for your own label maps)"},
     )
+    label_ids: str | None = field(
+        default=None,
+        metadata={"help": "the label maps hold a data set's raw label ids: cityscapes (*_gtFine_labelIds.png), "
+                          "coco_stuff164k, coco_stuff10k, pascal_context_459; none: read them as they are (default: "
+                          "detected from the file names or the value range; saved with the model)"},
+    )
     eval_mode: str | None = field(default=None, metadata={"help": "whole or slide (default: the preset's)"})
     eval_crop_size: int | None = field(default=None)
     eval_stride: int | None = field(default=None)
+    eval_scales: list[float] | None = field(
+        default=None, metadata={"help": "multi-scale evaluation: test scales (multiplying the test resize)"}
+    )
+    eval_flip: bool | None = field(default=None, metadata={"help": "also evaluate on flipped copies"})
+    eval_aug_test: bool = field(
+        default=False, metadata={"help": "evaluate with the preset's multi-scale + flip settings (the papers' MS+flip)"}
+    )
     max_eval_examples: int | None = field(default=None)
     per_class_metrics: bool = field(
         default=False, metadata={"help": "print per-class IoU and accuracy too (all_results.json always has them)"}
@@ -160,9 +173,13 @@ def train_main(argv: list[str] | None = None) -> int:
         label_column=data_args.label_column,
         id2label=data_args.id2label,
         reduce_labels=data_args.reduce_labels,
+        label_ids=data_args.label_ids,
         eval_mode=data_args.eval_mode,
         eval_crop_size=data_args.eval_crop_size,
         eval_stride=data_args.eval_stride,
+        eval_scales=data_args.eval_scales,
+        eval_flip=data_args.eval_flip,
+        eval_aug_test=data_args.eval_aug_test,
         max_eval_examples=data_args.max_eval_examples,
         resume_from_checkpoint=_resume_value(resume),
         do_eval=do_eval,
@@ -196,9 +213,24 @@ class EvaluateArguments:
     reduce_labels: bool | None = field(
         default=None, metadata={"help": "default: the model folder's do_reduce_labels (its training data's setting)"}
     )
+    label_ids: str | None = field(
+        default=None,
+        metadata={"help": "the label maps hold a data set's raw label ids: cityscapes (*_gtFine_labelIds.png), "
+                          "coco_stuff164k, coco_stuff10k, pascal_context_459; none: read them as they are (default: "
+                          "what the file names say, else the model folder's saved label_ids)"},
+    )
     mode: str | None = field(default=None, metadata={"help": "whole or slide (default: the model's test protocol)"})
     crop_size: int | None = field(default=None)
     stride: int | None = field(default=None)
+    scales: list[float] | None = field(
+        default=None, metadata={"help": "multi-scale test: scales multiplying the test resize, e.g. 0.5 1.0 1.5"}
+    )
+    flip: bool | None = field(default=None, metadata={"help": "also run horizontally flipped copies"})
+    aug_test: bool = field(
+        default=False,
+        metadata={"help": "the model's multi-scale + flip settings (config.test_protocol aug_test: the papers' MS+flip; "
+                          "SETR's short-side rule included)"},
+    )
     batch_size: int = field(default=4, metadata={"help": "windows / variants per model call"})
     max_examples: int | None = field(default=None)
     dtype: str | None = field(default=None, metadata={"help": "autocast dtype: bfloat16 or float16"})
@@ -226,7 +258,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     autocast_dtype = getattr(torch, dtypes[args.dtype]) if dtypes[args.dtype] else None
     metrics = evaluate_model(
         args.model, args.dataset, split=args.split, image_column=args.image_column, label_column=args.label_column,
-        reduce_labels=args.reduce_labels, mode=args.mode, crop_size=args.crop_size, stride=args.stride,
+        reduce_labels=args.reduce_labels, label_ids=args.label_ids, mode=args.mode, crop_size=args.crop_size,
+        stride=args.stride,
+        scales=args.scales, flip=args.flip, aug_test=args.aug_test,
         batch_size=args.batch_size, max_examples=args.max_examples, autocast_dtype=autocast_dtype,
         device=args.device or str(state.device),
     )

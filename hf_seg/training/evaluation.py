@@ -72,6 +72,9 @@ def evaluate_segmentation(
     mode: str = "whole",
     crop_size=None,
     stride=None,
+    scales=None,
+    flip: bool = False,
+    min_short_side: int | None = None,
     batch_size: int = 4,
     autocast_dtype: torch.dtype | None = None,
     ignore_index: int = 255,
@@ -79,10 +82,14 @@ def evaluate_segmentation(
     per_category: bool = True,
     max_examples: int | None = None,
     sync_buffers: bool = True,
+    label_ids: str | None = None,
 ) -> dict:
     """mIoU / mAcc / aAcc (fractions) of `model` on `dataset` (a `datasets.Dataset` with image and label columns),
-    with mmsegmentation's test protocol. See the module docstring for distribution and memory; `sync_buffers` first
-    gives every process rank 0's BatchNorm statistics (`broadcast_buffers`)."""
+    with mmsegmentation's test protocol. `scales` / `flip` / `min_short_side` are the multi-scale + flip test
+    (`hf_seg.segment`'s: softmax probabilities averaged over every scale and flip, as the authors' `aug_test`). See
+    the module docstring for distribution and memory; `sync_buffers` first gives every process rank 0's BatchNorm
+    statistics (`broadcast_buffers`). `label_ids`: the data set's label-id table (e.g. "cityscapes"), applied as
+    each label map is decoded, before reduce-labels."""
     num_labels = model.config.num_labels
     confusion = SegmentationConfusionMatrix(num_labels, ignore_index=ignore_index, reduce_labels=reduce_labels)
     rank, world_size = _distributed()
@@ -98,12 +105,12 @@ def evaluate_segmentation(
             rows = dataset.select(chunk) if hasattr(dataset, "select") else [dataset[i] for i in chunk]
             images, labels = [], []
             for index, row in zip(chunk, rows):
-                image, label, _ = decode_example(row[image_column], row[label_column], index)
+                image, label, _ = decode_example(row[image_column], row[label_column], index, label_ids)
                 images.append(image)
                 labels.append(torch.from_numpy(np.ascontiguousarray(label)))
             predictions = segment(
-                model, processor, images, mode=mode, crop_size=crop_size, stride=stride, batch_size=batch_size,
-                autocast_dtype=autocast_dtype,
+                model, processor, images, mode=mode, crop_size=crop_size, stride=stride, scales=scales, flip=flip,
+                min_short_side=min_short_side, batch_size=batch_size, autocast_dtype=autocast_dtype,
             )
             try:
                 confusion.update(predictions, labels)

@@ -14,6 +14,7 @@ DDP / FSDP / DeepSpeed through `accelerate launch` or `torchrun`, logging) is `T
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -309,29 +310,33 @@ def relabel_classifiers(model, id2label: dict[int, str]) -> list[str]:
 
 @dataclass
 class LabelContract:
-    """The classes, reduce-labels setting and ignore index of a training run: decided once (`decide_labels`),
-    saved with the model (config `id2label` and `semantic_loss_ignore_index`, processor `do_reduce_labels`,
-    recipe.json, model card) and read from there by every later step."""
+    """The classes, reduce-labels setting, ignore index and label-id table of a training run: decided once
+    (`decide_labels`), saved with the model (config `id2label`, `semantic_loss_ignore_index` and `label_ids`,
+    processor `do_reduce_labels`, recipe.json, model card) and read from there by every later step. `label_ids`
+    names the table (`hf_seg.data.datasets.LABEL_ID_TABLES`) the data's raw ids went through, None for none."""
 
     id2label: dict[int, str]
     reduce_labels: bool
     source: str
     reduce_labels_reason: str
     ignore_index: int = 255
+    label_ids: str | None = None
 
     def describe(self) -> str:
         names = list(self.id2label.values())
         shown = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ..., {names[-1]}"
         return (f"{len(names)} classes ({shown}) from {self.source}; reduce_labels={self.reduce_labels} "
-                f"({self.reduce_labels_reason}); ignore index {self.ignore_index}")
+                f"({self.reduce_labels_reason}); ignore index {self.ignore_index}"
+                + (f"; label ids mapped by the {self.label_ids!r} table" if self.label_ids else ""))
 
     def to_dict(self) -> dict:
         return dict(num_labels=len(self.id2label), labels_source=self.source, reduce_labels=self.reduce_labels,
-                    ignore_index=self.ignore_index)
+                    ignore_index=self.ignore_index, label_ids=self.label_ids)
 
 
 def decide_labels(data_labels, train_data, label_column: str, split: str, model_id2label: dict | None,
-                  model_reduce_labels: bool, from_checkpoint: bool, reduce_labels: bool | None) -> LabelContract:
+                  model_reduce_labels: bool, from_checkpoint: bool, reduce_labels: bool | None,
+                  label_ids: str | None = None) -> LabelContract:
     """The label contract of a run (see `LabelContract`).
 
     Class names: the data's own (`hf_seg.data.labels.find_class_names`); else a checkpoint's when the data's label
@@ -339,7 +344,8 @@ def decide_labels(data_labels, train_data, label_column: str, split: str, model_
     label set is never used unless the data is that data set or the user names it (`id2label="ade20k"`).
     Reduce-labels: the explicit flag; else the data set's convention (ADE20K's "0 = other"); else a kept
     checkpoint's; else False: a folder of the user's own label maps is taken as it is.
-    Label values outside the classes are a ValueError naming the values, the split and an example."""
+    Label values outside the classes are a ValueError naming the values, the split and an example. `label_ids`: the
+    data's label-id table (`hf_seg.data.load_segmentation_dataset`'s `info["label_ids"]`), applied by every scan."""
     from ..data.labels import check_label_values, class_names_from_counts, scan_label_values
 
     reason = "as asked" if reduce_labels is not None else None
@@ -355,7 +361,7 @@ def decide_labels(data_labels, train_data, label_column: str, split: str, model_
             reduce_labels, reason = model_reduce_labels, "the model's"
     else:
         if from_checkpoint and reduce_labels in (None, model_reduce_labels):
-            counts = scan_label_values(train_data, label_column, model_reduce_labels, split)
+            counts = scan_label_values(train_data, label_column, model_reduce_labels, split, label_ids=label_ids)
             if len(counts) == len(model_id2label):
                 id2label, source = dict(model_id2label), (
                     f"the checkpoint (split {split!r} holds label values 0..{len(counts) - 1}, its classes)")
@@ -367,7 +373,7 @@ def decide_labels(data_labels, train_data, label_column: str, split: str, model_
             if reduce_labels is None:
                 reduce_labels, reason = False, "the data's own label maps, taken as they are"
             if counts is None:
-                counts = scan_label_values(train_data, label_column, reduce_labels, split)
+                counts = scan_label_values(train_data, label_column, reduce_labels, split, label_ids=label_ids)
             if not len(counts):
                 raise ValueError(f"split {split!r} holds no labelled pixel (every label value is the ignore index)")
             id2label = class_names_from_counts(counts)
@@ -379,9 +385,9 @@ def decide_labels(data_labels, train_data, label_column: str, split: str, model_
         reason += "; the model's do_reduce_labels=True is ADE20K's convention and does not apply here"
     if train_data is not None:
         if counts is None:
-            counts = scan_label_values(train_data, label_column, reduce_labels, split)
-        check_label_values(counts, id2label, split, train_data, label_column, reduce_labels)
-    return LabelContract(dict(id2label), bool(reduce_labels), source, reason)
+            counts = scan_label_values(train_data, label_column, reduce_labels, split, label_ids=label_ids)
+        check_label_values(counts, id2label, split, train_data, label_column, reduce_labels, label_ids)
+    return LabelContract(dict(id2label), bool(reduce_labels), source, reason, label_ids=label_ids)
 
 
 def check_model_source(source: str) -> None:
@@ -522,14 +528,18 @@ def build_datasets(
     label_column: str | None = None,
     id2label=None,
     reduce_labels: bool = False,
+    label_ids: str | None = None,
     **load_kwargs,
 ):
     """`(train_dataset, eval_dataset, transform, info)`: the training split with the seeded mmseg augmentation of the
-    recipe (crop, scale, ratio range, cat_max_ratio, flip, photometric distortion), the raw evaluation split."""
+    recipe (crop, scale, ratio range, cat_max_ratio, flip, photometric distortion), the raw evaluation split.
+    `label_ids`: the data's label-id table (e.g. "cityscapes") or "none", applied by the transform as it decodes
+    each map; None: detected as `load_segmentation_dataset` does."""
     from ..data import SegmentationTrainTransform, add_index_column, load_segmentation_dataset
 
     data, info = load_segmentation_dataset(
-        dataset, image_column=image_column, label_column=label_column, id2label=id2label, decode=False, **load_kwargs
+        dataset, image_column=image_column, label_column=label_column, id2label=id2label, decode=False,
+        label_ids=label_ids, **load_kwargs
     )
     for split in (train_split, eval_split):
         if split is not None and split not in data:
@@ -547,6 +557,7 @@ def build_datasets(
         photometric=recipe.photometric,
         image_column=info["image_column"],
         label_column=info["label_column"],
+        label_ids=info["label_ids"],
     )
     train_dataset = None
     if train_split is not None:
@@ -634,7 +645,9 @@ def write_model_card(
         body += ["", "## Classes", "",
                  f"{len(labels.id2label)} classes from {labels.source}; reduce_labels={labels.reduce_labels} "
                  f"({labels.reduce_labels_reason}); label value {labels.ignore_index} is ignored. The image "
-                 "processor's `do_reduce_labels` and the config's `semantic_loss_ignore_index` record them.", "",
+                 "processor's `do_reduce_labels` and the config's `semantic_loss_ignore_index` record them."
+                 + (f" The label maps hold raw label ids, mapped to these classes by hf_seg's `{labels.label_ids}` "
+                    "table (config `label_ids`; `hf_seg.data.datasets`)." if labels.label_ids else ""), "",
                  "| id | class |", "|---|---|"]
         body += [f"| {index} | {label} |" for index, label in labels.id2label.items()]
     body += ["", "## Training", ""]
@@ -713,9 +726,13 @@ def train(
     label_column: str | None = None,
     id2label=None,
     reduce_labels: bool | None = None,
+    label_ids: str | None = None,
     eval_mode: str | None = None,
     eval_crop_size=None,
     eval_stride=None,
+    eval_scales=None,
+    eval_flip: bool | None = None,
+    eval_aug_test: bool = False,
     max_eval_examples: int | None = None,
     callbacks: list | None = None,
     resume_from_checkpoint: str | bool | None = None,
@@ -742,7 +759,14 @@ def train(
         config_overrides: model-configuration fields (for presets and checkpoints).
         reduce_labels: mmseg's reduce_zero_label on the data set's labels (default: the processor's
             `do_reduce_labels`, e.g. True for the ADE20K presets).
-        eval_mode, eval_crop_size, eval_stride: the test protocol (default: the preset's `inference` settings).
+        label_ids: the label maps hold a data set's raw label ids: "cityscapes" (`*_gtFine_labelIds.png`),
+            "coco_stuff164k", "coco_stuff10k", "pascal_context_459" (`hf_seg.data.datasets`), or "none" (read them as
+            they are); default: detected from the file names or the value range (said in one line). Saved as
+            `config.label_ids`, so that `evaluate_model` of the saved folder applies it again.
+        eval_mode, eval_crop_size, eval_stride: the test protocol (default: the model's saved one, else the preset's;
+            saved in `config.test_protocol`).
+        eval_scales, eval_flip, eval_aug_test: multi-scale + flip evaluation (`eval_aug_test`: the protocol's
+            `aug_test`, the papers' settings); default single scale.
         resume_from_checkpoint: a checkpoint folder, or True for the newest one in `output_dir` (its files are
             checked first: a truncated or unreadable one is named).
         allow_non_finite: keep transformers' behaviour on NaN / inf losses (by default training stops with
@@ -763,11 +787,15 @@ def train(
 
     if isinstance(model, (str, os.PathLike)) and str(model) not in presets.PRESETS:
         check_model_source(str(model))  # a misspelt name fails before any data is loaded
+    labelled = sorted(set(config_overrides or {}) & {"id2label", "label2id", "num_labels"})
+    if labelled:
+        raise ValueError(f"config_overrides may not set {', '.join(labelled)}: the classes come from the data set or "
+                         "from id2label= (--id2label), and are decided once for the whole run")
     data = info = None
     if dataset is not None:
         data, info = load_segmentation_dataset(
             dataset, image_column=image_column, label_column=label_column, id2label=id2label, decode=False,
-            **(dataset_kwargs or {}),
+            label_ids=label_ids, **(dataset_kwargs or {}),
         )
         for split in (train_split if do_train else None, eval_split if do_eval else None):
             if split is not None and split not in data:
@@ -793,11 +821,22 @@ def train(
         data_labels = DataLabels(names, "id2label", convention)
     else:
         data_labels = DataLabels(None, "no data set")
+    if info is not None:
+        label_ids = info["label_ids"]
+    else:
+        from ..data.datasets import NO_LABEL_IDS, check_label_ids
+
+        label_ids = None if check_label_ids(label_ids) in (None, NO_LABEL_IDS) else check_label_ids(label_ids)
     contract = decide_labels(
         data_labels, data[train_split] if data is not None and do_train else None, label_column, train_split,
         model_id2label, model_reduce, from_checkpoint=preset_name is None, reduce_labels=reduce_labels,
+        label_ids=label_ids,
     )
     _say(contract.describe())
+    if info is not None and contract.label_ids and info["label_ids_source"] != "asked":
+        from ..data.datasets import describe_label_ids
+
+        _say(describe_label_ids(contract.label_ids, info["label_ids_source"]))
     if preset_name is not None:
         model, processor, _ = build_model_and_processor(
             preset_name, id2label=contract.id2label, config_overrides=config_overrides,
@@ -811,6 +850,8 @@ def train(
         processor = SetrImageProcessor()
     processor.do_reduce_labels = contract.reduce_labels
     model.config.semantic_loss_ignore_index = contract.ignore_index
+    if contract.label_ids or getattr(model.config, "label_ids", None):
+        model.config.label_ids = contract.label_ids  # evaluate applies the same table to the same raw data
     reduce_labels = contract.reduce_labels
 
     recipe = _resolve_recipe(recipe, model, preset_name, recipe_overrides).replace(reduce_labels=reduce_labels)
@@ -826,15 +867,16 @@ def train(
             data, recipe, processor, model.config.num_labels, args.seed,
             train_split=train_split if do_train else None, eval_split=eval_split if do_eval else None,
             image_column=info["image_column"], label_column=info["label_column"], id2label=contract.id2label,
-            reduce_labels=reduce_labels,
+            reduce_labels=reduce_labels, label_ids=contract.label_ids or "none",
         )
     protocol = test_protocol(model, preset_name, eval_mode, eval_crop_size, eval_stride)
     model.config.test_protocol = protocol  # travels with the model: evaluate / predict / segment default to it
-    eval_settings = dict(protocol)
+    eval_settings = evaluation_settings(protocol, eval_scales, eval_flip, eval_aug_test)
     eval_settings.update(
         image_column=info["image_column"], label_column=info["label_column"], reduce_labels=reduce_labels,
         ignore_index=contract.ignore_index, id2label=model.config.id2label, per_category=False,
         max_examples=max_eval_examples, batch_size=max(1, args.per_device_eval_batch_size),
+        label_ids=contract.label_ids,
     )
     from ..data import collate_segmentation
 
@@ -897,10 +939,10 @@ def train(
 
 def test_protocol(model, preset_name: str | None = None, mode: str | None = None, crop_size=None,
                   stride=None) -> dict:
-    """The test protocol (`mode`, and `crop_size` / `stride` for slide) of a model: the one saved in its config
-    (`config.test_protocol`, written by `train` and the presets), else its preset's, else whole-image; the given
-    values override it."""
-    settings = dict(getattr(model.config, "test_protocol", None) or {})
+    """The test protocol (`mode`, and `crop_size` / `stride` for slide; `aug_test`: the papers' multi-scale + flip
+    settings) of a model: the one saved in its config (`config.test_protocol`, written by `train` and the presets),
+    else its preset's, else whole-image; the given values override it."""
+    settings = copy.deepcopy(getattr(model.config, "test_protocol", None) or {})
     if not settings and preset_name is not None:
         from ..presets import get_preset
 
@@ -918,6 +960,22 @@ def test_protocol(model, preset_name: str | None = None, mode: str | None = None
     return settings
 
 
+def evaluation_settings(protocol: dict, scales=None, flip: bool | None = None, aug_test: bool = False) -> dict:
+    """`evaluate_segmentation` keyword arguments from a test protocol: single scale, unless `aug_test` (the
+    protocol's `aug_test`: the papers' "MS + flip" column) or explicit `scales` / `flip` ask for more."""
+    settings = {key: value for key, value in protocol.items() if key != "aug_test"}
+    if aug_test:
+        if not protocol.get("aug_test"):
+            raise ValueError("the model's test protocol has no multi-scale + flip settings (aug_test); pass scales "
+                             "and flip instead")
+        settings.update(protocol["aug_test"])
+    if scales is not None:
+        settings["scales"] = list(scales)
+    if flip is not None:
+        settings["flip"] = bool(flip)
+    return settings
+
+
 def evaluate_model(
     model,
     dataset,
@@ -927,9 +985,13 @@ def evaluate_model(
     image_column: str | None = None,
     label_column: str | None = None,
     reduce_labels: bool | None = None,
+    label_ids: str | None = None,
     mode: str | None = None,
     crop_size=None,
     stride=None,
+    scales=None,
+    flip: bool | None = None,
+    aug_test: bool = False,
     batch_size: int = 4,
     max_examples: int | None = None,
     autocast_dtype=None,
@@ -937,15 +999,20 @@ def evaluate_model(
     device: str | None = None,
     **load_kwargs,
 ) -> dict:
-    """`hf-seg evaluate`: a checkpoint (folder / Hub id / model) on a data set split with the papers' protocol.
-    Under `torchrun` / `accelerate launch` each process takes its share and the confusion matrices are summed."""
+    """`hf-seg evaluate`: a checkpoint (folder / Hub id / model) on a data set split with the papers' protocol
+    (the model's saved `config.test_protocol`; `aug_test=True` for its multi-scale + flip settings, or explicit
+    `scales` / `flip`). Under `torchrun` / `accelerate launch` each process takes its share and the confusion matrices
+    are summed. `label_ids` (a raw label-id table or "none"): default the model's saved `config.label_ids`, unless the
+    data's file names say otherwise (`hf_seg.data.datasets.evaluation_label_ids`)."""
     from .. import presets
     from ..data import load_segmentation_dataset
+    from ..data.datasets import evaluation_label_ids
 
     if isinstance(model, (str, os.PathLike)) and str(model) not in presets.PRESETS:
         check_model_source(str(model))  # a misspelt name fails before any data is loaded
     data, info = load_segmentation_dataset(
-        dataset, split=split, image_column=image_column, label_column=label_column, decode=False, **load_kwargs
+        dataset, split=split, image_column=image_column, label_column=label_column, decode=False,
+        label_ids=label_ids, **load_kwargs
     )
     model, processor, preset_name = build_model_and_processor(model, image_processor=image_processor)
     if device is not None:
@@ -965,12 +1032,16 @@ def evaluate_model(
     elif bool(reduce_labels) != saved:
         _say(f"reduce_labels={bool(reduce_labels)} as asked, although the model was saved with "
              f"do_reduce_labels={saved} (its training data's setting)")
-    settings = test_protocol(model, preset_name, mode, crop_size, stride)
+    label_ids, line = evaluation_label_ids(info, getattr(model.config, "label_ids", None), data,
+                                           model.config.id2label, split)
+    if line:
+        _say(line)
+    settings = evaluation_settings(test_protocol(model, preset_name, mode, crop_size, stride), scales, flip, aug_test)
     return evaluate_segmentation(
         model, processor, data, image_column=info["image_column"], label_column=info["label_column"],
         reduce_labels=reduce_labels, batch_size=batch_size, autocast_dtype=autocast_dtype,
         ignore_index=getattr(model.config, "semantic_loss_ignore_index", None) or 255, id2label=model.config.id2label,
-        per_category=per_category, max_examples=max_examples, **settings,
+        per_category=per_category, max_examples=max_examples, label_ids=label_ids, **settings,
     )
 
 

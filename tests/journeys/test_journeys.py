@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import hf_seg
+from hf_seg.labels import load_label_set
+
 
 TRAIN_FLAGS = [
     "--max_steps", "3", "--warmup_steps", "1", "--per_device_train_batch_size", "2", "--crop_size", "64",
@@ -56,6 +59,8 @@ def _start(command: list[str], cwd: Path, env: dict | None = None) -> subprocess
 
 
 def _finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    if hasattr(process, "result"):
+        return process.result
     try:
         process.wait(timeout=300)
     except subprocess.TimeoutExpired:
@@ -67,7 +72,7 @@ def _finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
         texts.append(handle.read())
         handle.close()
     stdout, stderr = texts
-    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    result = process.result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     assert result.returncode == 0, f"{' '.join(map(str, process.args))[:600]}\n{stdout[-2000:]}\n{stderr[-4000:]}"
     return result
 
@@ -145,10 +150,61 @@ def class_label_column(root: Path, names: list[str]) -> Path:
     return root
 
 
+# Cityscapes label ids (cityscapesscripts): unlabeled, ego vehicle, road, building, vegetation, sky, car
+_CITYSCAPES_SCENE_IDS = (0, 1, 7, 11, 21, 23, 26)
+
+
+def cityscapes_as_distributed(root: Path) -> Path:
+    """leftImg8bit/<split>/<city>/*_leftImg8bit.png + gtFine/<split>/<city>/*_gtFine_labelIds.png (the official zips:
+    label ids, not train ids; the color maps beside them), for `hf-seg train` to map with cityscapesscripts' table."""
+    rng = np.random.default_rng(3)
+    for split, city, count in (("train", "aachen", 6), ("val", "frankfurt", 3)):
+        (root / "leftImg8bit" / split / city).mkdir(parents=True)
+        (root / "gtFine" / split / city).mkdir(parents=True)
+        for frame in range(count):
+            image, label = _scene(rng, size=32, num_classes=len(_CITYSCAPES_SCENE_IDS))
+            label_ids = np.asarray(_CITYSCAPES_SCENE_IDS, np.uint8)[label]
+            label_ids[-4:] = 1  # the ego vehicle's bonnet: ignored (train id 255)
+            image, label_ids = np.concatenate([image, image[:, ::-1]], 1), np.concatenate([label_ids] * 2, 1)
+            base = f"{city}_000000_{frame + 19:06d}"
+            Image.fromarray(image).save(root / "leftImg8bit" / split / city / f"{base}_leftImg8bit.png")
+            Image.fromarray(label_ids).save(root / "gtFine" / split / city / f"{base}_gtFine_labelIds.png")
+            Image.fromarray(image).save(root / "gtFine" / split / city / f"{base}_gtFine_color.png")
+    return root
+
+
+def voc_with_sbd(root: Path) -> Path:
+    """VOCdevkit/VOC2012: JPEGImages, palette-PNG SegmentationClass (255 around objects), SBD's SegmentationClassAug
+    and ImageSets/Segmentation/{train,val,aug}.txt, as mmsegmentation's voc_aug converter leaves it."""
+    rng = np.random.default_rng(4)
+    base = root / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (base / folder).mkdir(parents=True)
+    lists = {"train": [f"2007_{i:06d}" for i in range(3)], "val": [f"2007_{i:06d}" for i in range(3, 6)],
+             "aug": [f"2008_{i:06d}" for i in range(3)]}
+    palette = [value for index in range(256) for value in ((index * 37) % 256, (index * 91) % 256, index)]
+    for split, ids in lists.items():
+        (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for image_id in ids:
+            image, label = _scene(rng, num_classes=4)
+            label = np.asarray([0, 15, 12, 7], np.uint8)[label]  # background, person, dog, car
+            label[1:-1][(label[1:-1] != label[:-2]) | (label[1:-1] != label[2:])] = 255  # VOC's object edges
+            Image.fromarray(image).save(base / "JPEGImages" / f"{image_id}.jpg", quality=95)
+            picture = Image.fromarray(label, mode="P")
+            picture.putpalette(palette)
+            folders = ("SegmentationClassAug",) if split == "aug" else ("SegmentationClass", "SegmentationClassAug")
+            for folder in folders:
+                picture.save(base / folder / f"{image_id}.png")
+    return root / "VOCdevkit"
+
+
 def validation_image(data: Path, folder: Path) -> Path:
     """One validation image as a file (the image folder's own, or written from the save_to_disk set)."""
     if (data / "images").is_dir():
         return sorted((data / "images" / "validation").iterdir())[0]
+    in_layout = sorted(data.glob("leftImg8bit/val/*/*_leftImg8bit.png")) or sorted(data.glob("VOC2012/JPEGImages/*"))
+    if in_layout:
+        return in_layout[0]
     image = datasets.load_from_disk(str(data))["validation"][0]["image"]
     path = folder / "photo.png"
     image.save(path)
@@ -207,6 +263,10 @@ print(json.dumps({
 """
 
 
+def _single_scale(protocol: dict) -> dict:
+    return {key: value for key, value in protocol.items() if key != "aug_test"}
+
+
 def printed_json(stdout: str) -> dict:
     """The JSON object a command printed (from its first line that is `{` to the matching `}`)."""
     lines = stdout.splitlines()
@@ -238,6 +298,15 @@ JOURNEYS = {
         lambda root: class_label_column(root, ["sky", "grass", "water", "rock"]), [],
         ["sky", "grass", "water", "rock"], False, {"mode": "slide", "crop_size": 480, "stride": 320},
     ),
+    # the data sets' own layouts; the last entry: the label-id table the run must detect and save
+    "cityscapes-gtfine-label-ids": (
+        "segformer-b0-cityscapes-512x1024", "segformer", cityscapes_as_distributed, [],
+        list(load_label_set("cityscapes")[0].values()), False, {"mode": "whole"}, "cityscapes",
+    ),
+    "pascal-voc-with-sbd": (
+        "segformer-b0-voc12aug-512", "segformer", voc_with_sbd, ["--train_split", "trainaug"],
+        list(load_label_set("pascal_voc")[0].values()), False, {"mode": "whole"}, None,
+    ),
 }
 
 
@@ -261,7 +330,8 @@ def trainings(tmp_path_factory):
 
 @pytest.mark.parametrize("journey", list(JOURNEYS))
 def test_journey(journey, trainings):
-    _, _, _, _, names, reduce_labels, protocol = JOURNEYS[journey]
+    preset, _, _, _, names, reduce_labels, protocol, *table = JOURNEYS[journey]
+    label_ids = table[0] if table else None
     folder, data, training = trainings[journey]
     out = folder / "model"
 
@@ -269,7 +339,10 @@ def test_journey(journey, trainings):
     trained = _finish(training)
     decided = [line for line in trained.stderr.splitlines() if line.startswith("hf_seg: ") and " classes (" in line]
     assert len(decided) == 1, trained.stderr[-3000:]
-    assert decided[0].startswith(f"hf_seg: {len(names)} classes ({', '.join(names)})")
+    shown = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ..., {names[-1]}"
+    assert decided[0].startswith(f"hf_seg: {len(names)} classes ({shown})")
+    detected = [line for line in trained.stderr.splitlines() if line.startswith("hf_seg: the label maps hold")]
+    assert len(detected) == (1 if label_ids else 0), trained.stderr[-3000:]
     assert f"reduce_labels={reduce_labels} " in decided[0]
     final = printed_json(trained.stdout)
     assert not any(key.startswith(("eval_iou_", "eval_accuracy_")) for key in final)  # per-class: neither, by default
@@ -277,11 +350,14 @@ def test_journey(journey, trainings):
     # 2. the saved folder records what was used
     config = json.loads((out / "config.json").read_text())
     assert [config["id2label"][str(i)] for i in range(len(names))] == names and len(config["id2label"]) == len(names)
-    assert config["semantic_loss_ignore_index"] == 255 and config["test_protocol"] == protocol
+    assert config["semantic_loss_ignore_index"] == 255 and _single_scale(config["test_protocol"]) == protocol
+    # the papers' multi-scale + flip settings travel too
+    assert config["test_protocol"].get("aug_test") == hf_seg.get_preset(preset).inference.get("aug_test")
     assert json.loads((out / "preprocessor_config.json").read_text())["do_reduce_labels"] is reduce_labels
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["reduce_labels"] is reduce_labels and recipe["labels"]["reduce_labels"] is reduce_labels
-    assert recipe["labels"]["num_labels"] == len(names) and recipe["test_protocol"] == protocol
+    assert recipe["labels"]["num_labels"] == len(names) and _single_scale(recipe["test_protocol"]) == protocol
+    assert config.get("label_ids") == label_ids and recipe["labels"]["label_ids"] == label_ids
     card = (out / "README.md").read_text()
     assert f"{len(names)} classes from" in card and f"reduce_labels={reduce_labels}" in card
     assert all(f"| {index} | {name} |" in card for index, name in enumerate(names))
@@ -318,18 +394,17 @@ def test_journey(journey, trainings):
     assert report["do_reduce_labels"] is reduce_labels and report["pipeline_equals_segment"]
 
     report = json.loads(bare.stdout.strip().splitlines()[-1])
+    report["test_protocol"] = _single_scale(report["test_protocol"])
     assert report == {"names": names, "logit_channels": len(names), "do_reduce_labels": reduce_labels,
                       "ignore_index": 255, "test_protocol": protocol, "hf_seg_imported": False}
 
 
-def test_fine_tuning_a_saved_folder_on_new_classes_reinitialises_only_the_classifiers(tmp_path):
+def test_fine_tuning_a_saved_folder_on_new_classes_reinitialises_only_the_classifiers(trainings, tmp_path):
     """`--model FOLDER --id2label new.json`: new classifiers, the rest kept; the same data without names keeps the
     checkpoint's classes (their number equals the data's label values)."""
-    data = image_folder(tmp_path / "data")
-    first = tmp_path / "first"
-    run(hf_seg_command("train", "--model", "segformer-b0-ade20k-512", "--dataset", str(data), "--output_dir",
-                       str(first), "--config_overrides", json.dumps(TINY["segformer"]), "--eval_split", "none",
-                       *TRAIN_FLAGS), tmp_path)
+    folder, data, training = trainings["image-folder-without-names"]
+    _finish(training)
+    first = folder / "model"
     new_names = ["water", "sand", "rock", "weed", "fish"]
     (tmp_path / "new.json").write_text(json.dumps(new_names))
     second, third = tmp_path / "second", tmp_path / "third"
