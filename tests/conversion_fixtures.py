@@ -130,6 +130,6 @@ def load_without_hf_seg(folder, tmp_path, pixels):
     result = subprocess.run([sys.executable, "-c", REMOTE_LOADER, str(folder), str(inputs), str(out)],
                             capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
                             env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
-                                 "HF_HOME": str(tmp_path / "hf")})
+                                 "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": str(torch.get_num_threads())})
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out), result.stdout.split()

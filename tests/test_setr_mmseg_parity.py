@@ -223,7 +223,9 @@ def test_strictness():
     with pytest.raises(ValueError, match=r"decode_head\.layer_norm\.bias"):
         convert_mmseg_setr_state_dict(missing, config)
 
-    other_labels = SetrConfig(**config.to_diff_dict() | dict(num_labels=NUM_CLASSES + 1))
+    labels = ("id2label", "label2id")
+    other_labels = SetrConfig(**{k: v for k, v in config.to_diff_dict().items() if k not in labels},
+                              num_labels=NUM_CLASSES + 1)
     with pytest.raises(ValueError, match=r"decode_head\.classifier\.weight.*shape|shape.*decode_head\.classifier"):
         convert_mmseg_setr_state_dict(state_dict, other_labels)
 
