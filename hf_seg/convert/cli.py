@@ -103,9 +103,8 @@ def verify(output_dir: Path, image_path: str, preset, top_k: int = 5) -> list[tu
         values, indices = probabilities.topk(min(top_k, probabilities.numel()))
         return [(model.config.id2label[int(i)], float(v)) for v, i in zip(values, indices)]
     model = AutoModelForSemanticSegmentation.from_pretrained(output_dir).eval()
-    inference = dict(preset.inference)
-    with torch.no_grad():
-        label_map = segment(model, processor, [image], **inference)[0]
+    with torch.no_grad():  # the folder's own test protocol (config.test_protocol, from the preset)
+        label_map = segment(model, processor, [image])[0]
     label_map = torch.as_tensor(label_map)
     counts = torch.bincount(label_map.flatten().long(), minlength=model.config.num_labels)
     shares = counts.float() / counts.sum()
