@@ -1,14 +1,15 @@
 """Forward-pass speed and peak memory of hf_seg's SETR against mmsegmentation 1.x's, with the same weights.
 
     python benchmarks/bench_setr_forward.py [--decoder pup|naive|mla] [--runs 5] [--warmup 1] [--threads N]
-                                            [--size 512] [--profile] [--json FILE]
+                                            [--size 512] [--plain] [--profile] [--json FILE]
 
 What it does (see benchmarks/README.md):
 
 1. Builds mmseg's model from its real config (`setr_vit-l_{decoder}_8xb2-160k_ade20k-512x512`, read with mmengine's
    `Config`), with SyncBN replaced by BN and the data preprocessor dropped, fills every parameter and buffer with
    seeded random values, converts its state dict with `hf_seg.convert.setr` and loads it into
-   `SetrForSemanticSegmentation` (strict).
+   `SetrForSemanticSegmentation` (strict), then applies `hf_seg.optimize_for_inference` to it (oneDNN linear layers,
+   BatchNorm folded into the head's convolutions, in-place activations; `--plain` skips this).
 2. Checks that both give the same logits on one random 512x512 image (max abs diff <= 1e-3), then times, in this one
    process, batch 1 fp32 eval forwards under `torch.inference_mode()`: `warmup` runs of each, then `runs` rounds that
    run both models back to back, alternating which goes first. mmseg's timed call is `EncoderDecoder.encode_decode`
@@ -123,9 +124,10 @@ def hf_config(mmseg_state_dict, decoder: str, size: int, num_attention_heads: in
     return SetrConfig(**overrides, num_labels=num_labels)
 
 
-def build_pair(decoder: str, size: int):
+def build_pair(decoder: str, size: int, optimize: bool = True):
     from hf_seg.convert.setr import convert_mmseg_setr_state_dict
     from hf_seg.models.setr import SetrForSemanticSegmentation
+    from hf_seg.optimize import optimize_for_inference
 
     mmseg_model = build_mmseg(decoder, size)
     randomize(mmseg_model)
@@ -133,7 +135,10 @@ def build_pair(decoder: str, size: int):
     config = hf_config(state_dict, decoder, size)
     hf_model = SetrForSemanticSegmentation(config)
     hf_model.load_state_dict(convert_mmseg_setr_state_dict(state_dict, config), strict=True)
-    return mmseg_model, hf_model.eval()
+    hf_model.eval()
+    if optimize:
+        optimize_for_inference(hf_model)
+    return mmseg_model, hf_model
 
 
 def forwards(mmseg_model, hf_model, size: int):
@@ -217,7 +222,8 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
-def memory_child(which: str, decoder: str, size: int, threads: int, config_json: str | None) -> None:
+def memory_child(which: str, decoder: str, size: int, threads: int, config_json: str | None,
+                 optimize: bool = True) -> None:
     """Runs in a child process: build one model, then measure the forward's peak RSS. Prints one JSON line."""
     torch.set_num_threads(threads)
     if which == "mmseg":
@@ -229,6 +235,10 @@ def memory_child(which: str, decoder: str, size: int, threads: int, config_json:
         from hf_seg.models.setr import SetrConfig, SetrForSemanticSegmentation
 
         model = SetrForSemanticSegmentation(SetrConfig.from_dict(json.loads(config_json))).eval()
+        if optimize:
+            from hf_seg.optimize import optimize_for_inference
+
+            optimize_for_inference(model)
         _, run = forwards(None, model, size)
     pixel_values = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     after_build = _rss_kib("VmRSS")
@@ -248,7 +258,7 @@ def memory_child(which: str, decoder: str, size: int, threads: int, config_json:
 
 def measure_memory(which: str, args, config_json: str) -> dict:
     command = [sys.executable, __file__, "--memory-child", which, "--decoder", args.decoder, "--size", str(args.size),
-               "--threads", str(args.threads), "--config-json", config_json]
+               "--threads", str(args.threads), "--config-json", config_json] + (["--plain"] if args.plain else [])
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode or not lines:
@@ -269,13 +279,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="square input side and the configs' img_size")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables for both models")
     parser.add_argument("--skip-memory", action="store_true", help="skip the child-process memory measurement")
+    parser.add_argument("--plain", action="store_true",
+                        help="time hf_seg's plain model (no hf_seg.optimize_for_inference)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--memory-child", choices=["mmseg", "hf_seg"], help=argparse.SUPPRESS)
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.memory_child:
-        memory_child(args.memory_child, args.decoder, args.size, args.threads, args.config_json)
+        memory_child(args.memory_child, args.decoder, args.size, args.threads, args.config_json, not args.plain)
         return
 
     default_threads = torch.get_num_threads()
@@ -289,7 +301,9 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch threads {args.threads} "
           f"(default here: {default_threads})")
     print(f"building {CONFIGS[args.decoder]} (BN instead of SyncBN, random weights) and converting it ...", flush=True)
-    mmseg_model, hf_model = build_pair(args.decoder, args.size)
+    mmseg_model, hf_model = build_pair(args.decoder, args.size, optimize=not args.plain)
+    record = getattr(hf_model, "_hf_seg_inference_optimizations", None)
+    print(f"hf_seg optimize_for_inference: {record if record is not None else 'off (--plain)'}")
     print(f"hf_seg attention implementation: {hf_model.config._attn_implementation}; parameters: "
           f"{sum(p.numel() for p in hf_model.parameters()):,} (hf_seg, incl. aux heads) / "
           f"{sum(p.numel() for p in mmseg_model.parameters()):,} (mmseg)")
@@ -336,13 +350,14 @@ def main() -> None:
               f"{forward_peak / 2**20:.2f} GiB, process peak {record['peak_kib'] / 2**20:.2f} GiB ({record['method']})")
 
     if args.profile:
-        run_mmseg, run_hf = forwards(*build_pair(args.decoder, args.size), args.size)
+        run_mmseg, run_hf = forwards(*build_pair(args.decoder, args.size, optimize=not args.plain), args.size)
         profile(run_mmseg, pixel_values, "mmseg")
         profile(run_hf, pixel_values, "hf_seg")
 
     if args.json:
         args.json.write_text(json.dumps(dict(
             decoder=args.decoder, size=args.size, threads=args.threads, runs=args.runs, warmup=args.warmup,
+            optimized=not args.plain,
             logits_max_abs_diff=diff, others_cpu_share=others_share, times_s=times, medians_s=medians, ratio=ratio, memory=memory,
             torch=torch.__version__, transformers=transformers.__version__, mmseg=mmseg.__version__,
         ), indent=2))

@@ -18,6 +18,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATI
 from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING, AutoVideoProcessor
 
 from .inference import segment
+from .optimize import optimize_for_inference
 from .models.segformer import SegformerMmsegConfig, SegformerMmsegForSemanticSegmentation
 from .models.mpvit import (
     MPViTBackbone,
@@ -109,5 +110,6 @@ __all__ = [
     "create_model",
     "get_preset",
     "list_models",
+    "optimize_for_inference",
     "segment",
 ]

@@ -29,11 +29,8 @@ from transformers import (
 
 import hf_seg
 from hf_seg import MPViTBackbone, MPViTConfig, MPViTForImageClassification, MPViTForSemanticSegmentation, MPViTModel
-from hf_seg.models.mpvit.modeling_mpvit import (
-    MPViTConvRelPosEncoding,
-    MPViTFactorizedAttention,
-    conv3x3_of_upsampled,
-)
+from hf_seg.models.mpvit.modeling_mpvit import MPViTConvRelPosEncoding, MPViTFactorizedAttention
+from hf_seg.optimize import conv3x3_of_upsampled, optimize_for_inference
 
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -97,12 +94,11 @@ def count_parameters(model):
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def flop_counter_macs(model, size, plain=False):
-    """Multiply-adds of convolutions and matrix products, as `torch.utils.flop_counter` counts them (FLOPs / 2).
-    `plain`: with autograd on, i.e. the computation as written (no inference-only rewrites)."""
+def flop_counter_macs(model, size):
+    """Multiply-adds of convolutions and matrix products, as `torch.utils.flop_counter` counts them (FLOPs / 2)."""
     with torch.device("meta"):
         pixel_values = torch.randn(1, 3, *size)
-    with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(plain):
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(pixel_values)
     return counter.get_total_flops() // 2
 
@@ -141,7 +137,6 @@ def test_imagenet_flops_match_the_authors(name):
             norm_elements[kind] += inputs[0].numel()
         return hook
 
-    model.train()  # BatchNorm runs as a module (not folded) so that the hooks see it; the arithmetic is the same
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.register_forward_hook(counting("batch"))
@@ -155,12 +150,12 @@ def test_imagenet_flops_match_the_authors(name):
 
 @pytest.mark.parametrize("name", sorted(PAPER_UPERNET))
 def test_upernet_flops_match_the_paper_at_512x2048(name):
-    """The architecture's multiply-adds (the plain computation, which training runs) match the paper within 1%. The
-    inference path computes the same function with fewer (the head's `fpn_bottleneck` on the coarse levels)."""
+    """The model's multiply-adds match the paper within 1%. `optimize_for_inference` computes the same function with
+    fewer (the UperNet head's `fpn_bottleneck` on the coarse levels)."""
     model = meta_model(name)
-    inference_macs = flop_counter_macs(model, (512, 2048))
-    architecture_macs = flop_counter_macs(model, (512, 2048), plain=True)
+    architecture_macs = flop_counter_macs(model, (512, 2048))
     assert abs(architecture_macs / PAPER_UPERNET[name][1] - 1) < 0.01
+    inference_macs = flop_counter_macs(optimize_for_inference(model), (512, 2048))
     assert inference_macs < 0.75 * architecture_macs  # S: 0.59, B: 0.71
 
 
@@ -237,26 +232,17 @@ def test_batch_items_are_independent():
 
 
 @pytest.mark.parametrize("size", [(48, 64), (45, 70)])
-def test_fast_eval_paths_compute_the_same_function(size):
-    """In eval without autograd, the linear layers run oneDNN's GEMM, BatchNorm folds into the convolutions,
-    activations run in place and the head's fpn_bottleneck runs on the coarse levels (`conv3x3_of_upsampled`); with
-    autograd on (and BatchNorm forced to the unfolded module path) the plain computation runs. Both must agree, also
-    where the level sizes are not exact halves (45x70: 12x18, 6x9, 3x5, 2x3)."""
+def test_optimized_for_inference_computes_the_same_function(size):
+    """`optimize_for_inference` (oneDNN linears, BatchNorm folded, in-place activations, the head's fpn_bottleneck on
+    the coarse levels) gives the plain model's logits, also where the level sizes are not exact halves (45x70: 12x18,
+    6x9, 3x5, 2x3). More in tests/test_optimize.py."""
     model = tiny_segmenter()
     pixel_values = torch.randn(2, 3, *size)
     with torch.no_grad():
-        fast = model(pixel_values).logits
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            model(pixel_values)
-    assert "mkldnn::_linear_pointwise" in {event.key for event in profile.key_averages()}
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.forward = lambda x, module=module: F.batch_norm(
-                x, module.running_mean, module.running_var, module.weight, module.bias, False, 0.0, module.eps
-            )
-            module.training = True  # takes the unfolded branch; the forward above still uses running statistics
-    slow = model(pixel_values).logits
-    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+        plain = model(pixel_values).logits
+        optimized = optimize_for_inference(model)(pixel_values).logits
+    assert model._hf_seg_inference_optimizations.coarse_bottleneck_heads == 1
+    torch.testing.assert_close(optimized, plain, rtol=1e-5, atol=1e-5)
 
 
 # --- UperNet: transformers' composition and mmsegmentation's heads ---------------------------------------------------

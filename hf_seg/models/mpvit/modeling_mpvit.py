@@ -10,10 +10,11 @@ The segmentation head is transformers' `UperNetHead` / `UperNetFCNHead` (the sam
 `UPerHead` / `FCNHead`) plus the Dropout2d(0.1) before both classifiers that the paper's training uses.
 
 Inputs of any size work (the convolutions' output sizes are `ceil(side / 2)` per stride-2 step, as in the authors'
-code); the paper's test protocol feeds unpadded images. In eval mode every convolution + BatchNorm pair is folded
-into one convolution; without autograd, activations run in place and the UperNet head's `fpn_bottleneck` convolution
-runs on the coarse levels before their upsampling (`conv3x3_of_upsampled`): the same function with fewer full-size
-tensors and 41% fewer FLOPs for MPViT-Small + UperNet. With autograd on (training) the plain computation runs.
+code); the paper's test protocol feeds unpadded images.
+
+Training and inference run the same code. CPU inference speed-ups (oneDNN linear layers, BatchNorm folded into the
+convolutions, in-place activations, the UperNet head's `fpn_bottleneck` computed on the coarse levels) are opt-in and
+live outside this file: `hf_seg.optimize_for_inference(model)`.
 """
 
 import math
@@ -34,7 +35,7 @@ from transformers.modeling_outputs import (
     SemanticSegmenterOutput,
 )
 from transformers.modeling_utils import PreTrainedModel
-from transformers.models.upernet.modeling_upernet import UperNetConvModule, UperNetFCNHead, UperNetHead
+from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
@@ -58,30 +59,6 @@ def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> 
     return hidden_states * mask / keep_prob
 
 
-def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of the single convolution equal to `norm(conv(x))` with the norm's running statistics."""
-    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-    bias = norm.bias - norm.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return conv.weight * scale.reshape(-1, *([1] * (conv.weight.ndim - 1))), bias
-
-
-def conv_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, features: torch.Tensor) -> torch.Tensor:
-    """`norm(conv(features))`, as one convolution with the folded weight whenever the norm uses its running
-    statistics (eval mode): one full-size tensor less to write and read. Gradients still reach the convolution's and
-    the norm's parameters through the folded weight."""
-    if norm.training or norm.running_mean is None:
-        return norm(conv(features))
-    weight, bias = fold_batch_norm(conv, norm)
-    return F.conv2d(features, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-def hardswish(features: torch.Tensor) -> torch.Tensor:
-    """Hardswish, in place when autograd does not need the input."""
-    return F.hardswish(features, inplace=not (torch.is_grad_enabled() and features.requires_grad))
-
-
 def conv_init_style(conv: nn.Conv2d, style: str) -> nn.Conv2d:
     """Mark how `_init_weights` initialises `conv`, following the authors' code: "fan_out" = normal with std
     sqrt(2 / (k*k*out_channels)) (their `Conv2d_BN` / `DWConv2d_BN`), "fan_out_per_group" = the same with fan_out
@@ -101,11 +78,10 @@ class MPViTConvBN(nn.Module):
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False), "fan_out"
         )
         self.batch_norm = nn.BatchNorm2d(out_channels, eps=config.batch_norm_eps)
-        self.activation = activation
+        self.activation = nn.Hardswish() if activation else nn.Identity()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        features = conv_batch_norm(self.conv, self.batch_norm, features)
-        return hardswish(features) if self.activation else features
+        return self.activation(self.batch_norm(self.conv(features)))
 
 
 class MPViTEmbeddings(nn.Module):
@@ -129,7 +105,7 @@ class MPViTEmbeddings(nn.Module):
 
 class MPViTPatchEmbedding(nn.Module):
     """One link of the multi-scale patch embedding chain: depthwise Conv3x3 (stride 1 or 2) -> pointwise Conv1x1 ->
-    BN -> Hardswish (the authors' `DWCPatchEmbed`). The BN folds into the pointwise convolution in eval mode."""
+    BN -> Hardswish (the authors' `DWCPatchEmbed`)."""
 
     def __init__(self, config: MPViTConfig, channels: int, stride: int):
         super().__init__()
@@ -138,10 +114,10 @@ class MPViTPatchEmbedding(nn.Module):
         )
         self.pointwise_conv = conv_init_style(nn.Conv2d(channels, channels, 1, bias=False), "fan_out")
         self.batch_norm = nn.BatchNorm2d(channels, eps=config.batch_norm_eps)
+        self.activation = nn.Hardswish()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        features = self.depthwise_conv(features)
-        return hardswish(conv_batch_norm(self.pointwise_conv, self.batch_norm, features))
+        return self.activation(self.batch_norm(self.pointwise_conv(self.depthwise_conv(features))))
 
 
 class MPViTConvPosEncoding(nn.Module):
@@ -182,32 +158,6 @@ class MPViTConvRelPosEncoding(nn.Module):
         return query * convolved.permute(0, 2, 3, 1).reshape(batch_size, num_tokens, channels)
 
 
-# Copied from hf_seg.models.setr.modeling_setr.SetrLinear with Setr->MPViT (one file per model)
-class MPViTLinear(nn.Linear):
-    """`nn.Linear` whose fp32 CPU inference calls oneDNN's GEMM directly.
-
-    On a CPU, `F.linear` runs the BLAS PyTorch was built with (MKL), whose SGEMM reaches 180-190 GFLOP/s on this
-    project's 2-core AMD EPYC machine; oneDNN (PyTorch's convolution backend) runs the same products with its AVX-512
-    kernels at 390-430 GFLOP/s: MPViT-Small + UperNet's forward at 512x512 takes 1.27-1.30 s instead of
-    1.40-1.45 s. Same fp32 arithmetic in another summation order, so the results agree to float rounding. oneDNN's
-    op has no autograd formula: training, `torch.compile` / export tracing, autocast, other dtypes and devices, and
-    `torch.backends.mkldnn.flags(enabled=False)` take `F.linear`."""
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if (
-            not torch.compiler.is_compiling()  # first: the checks below are not traceable
-            and not torch.jit.is_tracing()
-            and features.device.type == "cpu"
-            and features.dtype == self.weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (features.requires_grad or self.weight.requires_grad))
-            and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.enabled
-            and torch.backends.mkldnn.is_available()
-        ):
-            return torch.ops.mkldnn._linear_pointwise(features, self.weight, self.bias, "none", [], "")
-        return super().forward(features)
-
-
 class MPViTFactorizedAttention(nn.Module):
     """Factorized attention with convolutional relative position encoding (the authors' `FactorAtt_ConvRelPosEnc`):
     `scale * q (softmax_N(k)^T v) + q * crpe(v)`, then a projection. Linear in the number of tokens: the per-head
@@ -218,8 +168,8 @@ class MPViTFactorizedAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = channels // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = MPViTLinear(channels, 3 * channels, bias=config.qkv_bias)
-        self.proj = MPViTLinear(channels, channels)
+        self.qkv = nn.Linear(channels, 3 * channels, bias=config.qkv_bias)
+        self.proj = nn.Linear(channels, channels)
 
     def forward(self, hidden_states: torch.Tensor, size: tuple[int, int],
                 rel_pos_encoding: MPViTConvRelPosEncoding) -> torch.Tensor:
@@ -239,9 +189,9 @@ class MPViTMLP(nn.Module):
 
     def __init__(self, config: MPViTConfig, channels: int, mlp_ratio: int):
         super().__init__()
-        self.fc1 = MPViTLinear(channels, channels * mlp_ratio)
+        self.fc1 = nn.Linear(channels, channels * mlp_ratio)
         self.activation = ACT2FN[config.hidden_act]
-        self.fc2 = MPViTLinear(channels * mlp_ratio, channels)
+        self.fc2 = nn.Linear(channels * mlp_ratio, channels)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation(self.fc1(hidden_states)))
@@ -300,10 +250,11 @@ class MPViTLocalBranch(nn.Module):
             nn.Conv2d(channels, channels, 3, 1, 1, groups=channels, bias=False), "fan_out_per_group"
         )
         self.batch_norm = nn.BatchNorm2d(channels, eps=config.batch_norm_eps)
+        self.activation = nn.Hardswish()
         self.conv2 = MPViTConvBN(config, channels, channels, activation=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        hidden = hardswish(conv_batch_norm(self.depthwise_conv, self.batch_norm, self.conv1(features)))
+        hidden = self.activation(self.batch_norm(self.depthwise_conv(self.conv1(features))))
         return features + self.conv2(hidden)
 
 
@@ -486,15 +437,6 @@ class MPViTClassifier(nn.Conv2d):
         return super().forward(F.dropout2d(features, self.dropout_prob, self.training))
 
 
-class MPViTConvModule(UperNetConvModule):
-    """transformers' `UperNetConvModule` (Conv -> BN -> ReLU, the function of mmcv's `ConvModule`), with the BN
-    folded into the convolution and the ReLU in place in eval mode."""
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        features = conv_batch_norm(self.conv, self.batch_norm, features)
-        return torch.relu_(features) if not (torch.is_grad_enabled() and features.requires_grad) else F.relu(features)
-
-
 def _upernet_settings(config: MPViTConfig) -> SimpleNamespace:
     """The fields transformers' UperNet heads read from a `UperNetConfig`, taken from an `MPViTConfig`."""
     return SimpleNamespace(
@@ -508,81 +450,15 @@ def _upernet_settings(config: MPViTConfig) -> SimpleNamespace:
     )
 
 
-def _use_fast_conv_modules(head: nn.Module) -> None:
-    """Swap a transformers UperNet head's `UperNetConvModule`s for the folding subclass (same parameters)."""
-    for module in head.modules():
-        if type(module) is UperNetConvModule:
-            module.__class__ = MPViTConvModule
-
-
-def bilinear_resize_matrix(in_size: int, out_size: int, shift: int = 0, dtype=torch.float32, device=None):
-    """`[out_size, in_size]` matrix `M` with `M @ x` = `F.interpolate(x, out_size, mode="linear",
-    align_corners=False)` along one axis (PyTorch's rule: source `(dst + 0.5) * in / out - 0.5`, clamped at 0, the
-    last index repeated), with its rows shifted by `shift` and zero-filled where `dst + shift` leaves the output
-    (the zero padding of a convolution applied after the resize)."""
-    destination = torch.arange(out_size, dtype=torch.float64) + shift
-    source = ((destination + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
-    low = source.floor().long().clamp(max=in_size - 1)
-    high = (low + 1).clamp(max=in_size - 1)
-    weight_high = source - low
-    inside = ((destination >= 0) & (destination < out_size)).double()
-    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
-    rows = torch.arange(out_size)
-    matrix.index_put_((rows, low), (1 - weight_high) * inside, accumulate=True)
-    matrix.index_put_((rows, high), weight_high * inside, accumulate=True)
-    return matrix.to(dtype=dtype, device=device)
-
-
-def conv3x3_of_upsampled(features: torch.Tensor, weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """`F.conv2d(F.interpolate(features, size, bilinear), weight, padding=1)` without the upsampled input: the 3x3
-    convolution splits into nine 1x1 convolutions (one per tap) that commute with the per-channel bilinear resize, so
-    they run at the coarse resolution; one matrix product per axis then resizes and shifts all taps at once. Equal
-    in exact arithmetic; at x2, x4, x8 it needs 1/4, 1/16, 1/64 of the convolution's multiply-adds."""
-    batch_size, _, height, width = features.shape
-    out_channels = weight.shape[0]
-    taps = weight.permute(2, 3, 0, 1).reshape(9 * out_channels, -1, 1, 1)  # (row tap, column tap, output channel)
-    per_tap = F.conv2d(features, taps).view(batch_size, 3, 3, out_channels, height, width)
-    kwargs = dict(dtype=features.dtype, device=features.device)
-    columns = torch.cat([bilinear_resize_matrix(width, size[1], shift, **kwargs) for shift in (-1, 0, 1)], dim=1)
-    rows = torch.cat([bilinear_resize_matrix(height, size[0], shift, **kwargs) for shift in (-1, 0, 1)], dim=1)
-    # [B, C, row tap, h, (column tap, w)] @ [(column tap, w), W] sums the column taps while resizing the columns
-    per_row_tap = per_tap.permute(0, 3, 1, 4, 2, 5).reshape(batch_size, out_channels, 3, height, 3 * width)
-    per_row_tap = per_row_tap @ columns.T
-    # [H, (row tap, h)] @ [B, C, (row tap, h), W] sums the row taps while resizing the rows
-    return rows @ per_row_tap.reshape(batch_size, out_channels, 3 * height, size[1])
-
-
 class MPViTUperNetHead(UperNetHead):
     """transformers' `UperNetHead` (PPM + FPN, the function of mmsegmentation's `UPerHead`) with Dropout2d before the
-    classifier. At inference the BNs are folded, and the `fpn_bottleneck` 3x3 convolution over the concatenation of
-    the four levels, three of them upsampled to 1/4, runs as one convolution on level 0 plus `conv3x3_of_upsampled`
-    on the three coarse levels: the same function without the upsampled maps, their 2048-channel concatenation and
-    44% of the model's multiply-adds."""
+    classifier."""
 
     def __init__(self, config: MPViTConfig, in_channels: list[int]):
         settings = _upernet_settings(config)
         super().__init__(settings, in_channels)
         self.config = None  # the settings namespace is not a config to keep around
         self.classifier = MPViTClassifier(settings.hidden_size, config.num_labels, config.classifier_dropout_prob)
-        _use_fast_conv_modules(self)
-
-    def forward(self, encoder_hidden_states: list[torch.Tensor]) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled():
-            return super().forward(encoder_hidden_states)
-        laterals = [conv(encoder_hidden_states[index]) for index, conv in enumerate(self.lateral_convs)]
-        laterals.append(self.psp_forward(encoder_hidden_states))
-        for index in range(len(laterals) - 1, 0, -1):
-            laterals[index - 1] += F.interpolate(
-                laterals[index], size=laterals[index - 1].shape[2:], mode="bilinear", align_corners=self.align_corners
-            )
-        fpn_outs = [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals)] + [laterals[-1]]
-        weight, bias = fold_batch_norm(self.fpn_bottleneck.conv, self.fpn_bottleneck.batch_norm)
-        weights = weight.split(self.channels, dim=1)
-        size = tuple(fpn_outs[0].shape[2:])
-        fused = F.conv2d(fpn_outs[0], weights[0], bias, padding=1)
-        for level_features, level_weight in zip(fpn_outs[1:], weights[1:]):
-            fused += conv3x3_of_upsampled(level_features, level_weight, size)
-        return self.classifier(torch.relu_(fused))
 
 
 class MPViTFCNHead(UperNetFCNHead):
@@ -593,7 +469,6 @@ class MPViTFCNHead(UperNetFCNHead):
         super().__init__(settings, in_channels, in_index=config.auxiliary_in_index)
         self.config = None
         self.classifier = MPViTClassifier(settings.auxiliary_channels, config.num_labels, config.classifier_dropout_prob)
-        _use_fast_conv_modules(self)
 
 
 class MPViTForSemanticSegmentation(MPViTPreTrainedModel):

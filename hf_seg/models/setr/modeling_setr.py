@@ -2,11 +2,14 @@
 """PyTorch SETR: a ViT encoder with the Naive, PUP or MLA decoder (Zheng et al., "Rethinking Semantic Segmentation
 from a Sequence-to-Sequence Perspective with Transformers", CVPR 2021).
 
-The encoder has transformers' ViT parameter names and calls the attention interface (eager, sdpa, flash, flex); its
-linear layers run oneDNN's GEMM at CPU inference (`SetrLinear`). The heads follow the authors' code
+The encoder has transformers' ViT parameter names and calls the attention interface (eager, sdpa, flash, flex). The
+heads follow the authors' code
 (`fudan-zvg/SETR`) and, through the configuration, mmsegmentation 1.x's port of it (see `SetrConfig`). Unlike the
 authors' code, any input whose sides are multiples of the patch size works: the position embeddings are resized
 bilinearly at run time as mmsegmentation does.
+
+Training and inference run the same code. CPU inference speed-ups (oneDNN linear layers, BatchNorm folded into the
+convolutions, in-place activations) are opt-in and live outside this file: `hf_seg.optimize_for_inference(model)`.
 """
 
 import math
@@ -47,26 +50,16 @@ def tokens_to_map(tokens: torch.Tensor, grid_size: tuple[int, int]) -> torch.Ten
 
 
 class SetrConvModule(nn.Module):
-    """Conv -> BatchNorm -> ReLU (mmcv's `ConvModule`; the parameter names of transformers' `UperNetConvModule`).
-
-    The ReLU runs in place, and in eval mode the BatchNorm is folded into the convolution: the same function with
-    two fewer full-size tensors to allocate and fill, which is much of the heads' cost on a CPU."""
+    """Conv -> BatchNorm -> ReLU (mmcv's `ConvModule`; the parameter names of transformers' `UperNetConvModule`)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
         self.batch_norm = nn.BatchNorm2d(out_channels)
+        self.activation = nn.ReLU()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        norm = self.batch_norm
-        if self.training or norm.running_mean is None:
-            return torch.relu_(norm(self.conv(features)))
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        bias = norm.bias - norm.running_mean * scale
-        if self.conv.bias is not None:
-            bias = bias + self.conv.bias * scale
-        weight = self.conv.weight * scale[:, None, None, None]
-        return torch.relu_(F.conv2d(features, weight, bias, padding=self.conv.padding))
+        return self.activation(self.batch_norm(self.conv(features)))
 
 
 class SetrEmbeddings(nn.Module):
@@ -118,35 +111,9 @@ class SetrEmbeddings(nn.Module):
         return self.dropout(embeddings)
 
 
-class SetrLinear(nn.Linear):
-    """`nn.Linear` whose fp32 CPU inference calls oneDNN's GEMM directly.
-
-    On a CPU, `F.linear` runs the BLAS PyTorch was built with (MKL), whose SGEMM reaches 180-190 GFLOP/s on this
-    project's 2-core AMD EPYC machine; oneDNN (PyTorch's convolution backend) runs the same products with its AVX-512
-    kernels at 390-430 GFLOP/s: the ViT-L encoder's forward at 512x512 takes 2.2-2.3 s instead of 3.9 s.
-    Same fp32 arithmetic in another summation order, so the results agree to float rounding. oneDNN's op has no
-    autograd formula: training, `torch.compile` / export tracing, autocast, other dtypes and devices, and
-    `torch.backends.mkldnn.flags(enabled=False)` take `F.linear`."""
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if (
-            not torch.compiler.is_compiling()  # first: the checks below are not traceable
-            and not torch.jit.is_tracing()
-            and features.device.type == "cpu"
-            and features.dtype == self.weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (features.requires_grad or self.weight.requires_grad))
-            and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.enabled
-            and torch.backends.mkldnn.is_available()
-        ):
-            return torch.ops.mkldnn._linear_pointwise(features, self.weight, self.bias, "none", [], "")
-        return super().forward(features)
-
-
 class SetrAttention(nn.Module):
     """Multi-head self-attention with the parameters of transformers' `ViTAttention` (`q_proj`, `k_proj`, `v_proj`,
-    `o_proj`) and its call into the attention interface (eager / sdpa / flash / flex); the projections are
-    `SetrLinear`."""
+    `o_proj`) and its call into the attention interface (eager / sdpa / flash / flex)."""
 
     def __init__(self, config: SetrConfig):
         super().__init__()
@@ -155,10 +122,10 @@ class SetrAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_probs_dropout_prob
         self.is_causal = False
-        self.q_proj = SetrLinear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
-        self.k_proj = SetrLinear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
-        self.v_proj = SetrLinear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
-        self.o_proj = SetrLinear(config.hidden_size, config.hidden_size)
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(
         self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
@@ -186,24 +153,16 @@ class SetrAttention(nn.Module):
 
 
 class SetrMLP(nn.Module):
-    """fc1 -> GELU -> fc2 (`SetrLinear`s). Without autograd the exact GELU runs in place: one [tokens, 4 x hidden]
-    buffer per layer instead of two, which also spares the allocator from returning and page-faulting that memory
-    every layer (ViT-L encoder at 512x512 on 2 CPU cores: 4.04 -> 3.84 s before `SetrLinear`)."""
+    """fc1 -> activation (GELU) -> fc2."""
 
     def __init__(self, config: SetrConfig):
         super().__init__()
-        self.config = config
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.activation_fn = ACT2FN[config.hidden_act]
-        self.fc1 = SetrLinear(config.hidden_size, config.intermediate_size)
-        self.fc2 = SetrLinear(config.intermediate_size, config.hidden_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.fc1(hidden_states)
-        if hidden_states.requires_grad or self.config.hidden_act != "gelu":
-            hidden_states = self.activation_fn(hidden_states)
-        else:
-            hidden_states = torch.ops.aten.gelu_(hidden_states)
-        return self.fc2(hidden_states)
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
 
 
 class SetrLayer(GradientCheckpointingLayer):
