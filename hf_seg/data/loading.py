@@ -15,6 +15,7 @@ from .datasets import (
     check_label_ids,
     detect_label_ids,
     find_layout,
+    _pairs,
     label_ids_from_file_names,
 )
 from .labels import find_class_names
@@ -48,19 +49,8 @@ def _list_files(folder: Path, extensions) -> dict[str, Path]:
 
 
 def _pair_folder(image_dir: Path, label_dir: Path) -> dict[str, list[str]]:
-    images = _list_files(image_dir, IMAGE_EXTENSIONS)
-    labels = _list_files(label_dir, LABEL_EXTENSIONS)
-    only_images = sorted(set(images) - set(labels))
-    only_labels = sorted(set(labels) - set(images))
-    if only_images or only_labels:
-        parts = []
-        if only_images:
-            parts.append(f"{len(only_images)} image(s) without a label map in {label_dir}: {only_images[:10]}")
-        if only_labels:
-            parts.append(f"{len(only_labels)} label map(s) without an image in {image_dir}: {only_labels[:10]}")
-        raise ValueError("Image and label file stems do not match: " + "; ".join(parts))
-    stems = sorted(images)
-    return {"image": [str(images[s]) for s in stems], "label": [str(labels[s]) for s in stems]}
+    return _pairs(_list_files(image_dir, IMAGE_EXTENSIONS), _list_files(label_dir, LABEL_EXTENSIONS),
+                  f"image and label file stems in {image_dir} and {label_dir} do not match")
 
 
 def _load_image_folder(root: Path) -> tuple[DatasetDict, list[str]]:
