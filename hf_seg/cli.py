@@ -313,6 +313,39 @@ def _save_png(picture, path: Path) -> None:
         raise
 
 
+# `predict --format`: how a label map becomes a PNG. "palette": hf_seg's colour PNG (pixel value = class id).
+# The test servers' formats are single-channel PNGs named after the image: Cityscapes wants its 34 label ids (train
+# ids mapped back, 255 -> 0 "unlabeled"), the ADE20K challenge 1..150 (class k -> k + 1; 0 is "other").
+SUBMISSION_FORMATS = {"cityscapes": ("cityscapes", 19), "ade20k": ("ade20k", 150)}
+
+
+def _submission_encoder(output_format: str, config):
+    """The function turning a label map (class ids) into the PNG values of `output_format`; refuses a model whose
+    classes are not the data set's (by count; other names only warn, as the ids are what the server reads)."""
+    import numpy as np
+    from PIL import Image
+
+    if output_format == "palette":
+        return None
+    label_set, num_classes = SUBMISSION_FORMATS[output_format]
+    if config.num_labels != num_classes:
+        raise CliError(f"--format {output_format} needs a model of the {num_classes} {label_set} classes; this one "
+                       f"has {config.num_labels}", EXIT_USAGE)
+    from .labels import load_label_set
+
+    names = [str(name).lower() for name in load_label_set(label_set)[0].values()]
+    own = [str(config.id2label[index]).lower() for index in range(num_classes)]
+    if own != names:
+        differing = next(index for index in range(num_classes) if own[index] != names[index])
+        print(f"warning: the model's class {differing} is {own[differing]!r}, not {label_set}'s "
+              f"{names[differing]!r}; the PNGs hold {label_set}'s ids for the model's class order", file=sys.stderr)
+    if output_format == "cityscapes":
+        from .data.datasets import train_ids_to_label_ids
+
+        return lambda label_map: Image.fromarray(train_ids_to_label_ids(label_map, "cityscapes").astype(np.uint8))
+    return lambda label_map: Image.fromarray((np.asarray(label_map, dtype=np.int64) + 1).astype(np.uint8))
+
+
 def _predict(args) -> int:
     import torch
     from tqdm.auto import tqdm
@@ -345,6 +378,7 @@ def _predict(args) -> int:
     if getattr(model.config, "num_labels", 0) > 255:
         raise CliError(f"the model has {model.config.num_labels} classes; label PNGs hold at most 255", EXIT_FAILURE)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
+    encode = _submission_encoder(args.format, model.config)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -367,15 +401,16 @@ def _predict(args) -> int:
             )
         except ValueError as error:
             raise CliError(f"cannot segment {path}: {_one_line(error)}", EXIT_FAILURE) from error
-        _save_png(colorize(label_map, loaded.palette), label_path)
+        _save_png(colorize(label_map, loaded.palette) if encode is None else encode(label_map), label_path)
         if overlay_path is not None:
             picture = overlay(_rgb_array(image, loaded.processor), label_map, loaded.palette, alpha=args.alpha)
             _save_png(picture, overlay_path)
         written += 1
     if not args.quiet:
         extra = " and overlays (*_overlay.png)" if args.overlay else ""
-        print(f"wrote {written} label map{'s' if written != 1 else ''} (palette PNG, pixel value = class id){extra} "
-              f"to {output_dir}")
+        kind = {"palette": "palette PNG, pixel value = class id", "cityscapes": "Cityscapes labelIds PNG",
+                "ade20k": "ADE20K challenge PNG, pixel value = class id + 1"}[args.format]
+        print(f"wrote {written} label map{'s' if written != 1 else ''} ({kind}){extra} to {output_dir}")
     return 0
 
 
@@ -554,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--scales", type=float, nargs="+", metavar="R",
                          help="test-time scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75 (probabilities averaged)")
     predict.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
+    predict.add_argument("--format", choices=("palette", *SUBMISSION_FORMATS), default="palette",
+                         help="palette: colour PNG whose pixel value is the class id; cityscapes: the evaluation "
+                         "server's labelIds PNG (train ids mapped back); ade20k: the challenge's PNG (class id + 1)")
     predict.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
     predict.add_argument("--overwrite", action="store_true",
                          help="replace output files that already exist (an input image is never overwritten)")

@@ -104,6 +104,44 @@ def test_predict_slide_mode_equals_segment_slide(setr_folder, images, tmp_path, 
     assert not (tmp_path / "wide_overlay.png").exists()  # no --overlay
 
 
+def test_predict_writes_the_test_servers_formats(setr_folder, images, tmp_path, capsys):
+    """--format ade20k: class id + 1 (the challenge's 1..150); --format cityscapes: the 34 label ids of the published
+    table (train id -> labelId), both single-channel PNGs named after the image."""
+    folder, model, processor = setr_folder
+    status, out, err = _run(capsys, "predict", "--model", folder, images / "wide.png", "--output-dir",
+                            tmp_path / "ade", "--format", "ade20k")
+    assert status == 0, err
+    assert "ADE20K challenge PNG" in out
+    with Image.open(images / "wide.png") as image:
+        expected = hf_seg.segment(model, processor, image.convert("RGB"))[0].numpy()
+    with Image.open(tmp_path / "ade" / "wide.png") as png:
+        assert png.mode == "L"
+        np.testing.assert_array_equal(np.asarray(png), expected + 1)
+
+    torch.manual_seed(1)
+    city = hf_seg.create_model("setr-naive-vit-base-cityscapes-768", **TINY_SETR).eval()
+    city_folder = tmp_path / "city-model"
+    city.save_pretrained(city_folder)
+    processor.save_pretrained(city_folder)
+    status, _, err = _run(capsys, "predict", "--model", city_folder, images / "tall.jpg", "--output-dir",
+                          tmp_path / "city", "--format", "cityscapes", "--quiet")
+    assert status == 0, err
+    with Image.open(images / "tall.jpg") as image:
+        train_ids = hf_seg.segment(city, processor, image.convert("RGB"))[0].numpy()
+    # cityscapesscripts' labels.py: trainId -> id (road 7, sidewalk 8, building 11, ..., motorcycle 32, bicycle 33)
+    label_ids = np.array([7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33])
+    with Image.open(tmp_path / "city" / "tall.png") as png:
+        assert png.mode == "L"
+        np.testing.assert_array_equal(np.asarray(png), label_ids[train_ids])
+    assert len(np.unique(train_ids)) > 1
+
+    status, _, err = _run(capsys, "predict", "--model", folder, images / "wide.png", "--output-dir",
+                          tmp_path / "refused", "--format", "cityscapes")
+    assert status == 2
+    _assert_one_line_error(err, "--format cityscapes needs a model of the 19 cityscapes classes", "has 150")
+    assert not (tmp_path / "refused").exists()
+
+
 def test_predict_with_a_preset_name_warns_that_weights_are_random(images, tmp_path, capsys, monkeypatch):
     tiny = presets.Preset(
         name="setr-tiny-test", family="setr", config=dict(TINY_SETR, decoder_type="naive"),
