@@ -92,6 +92,12 @@ class RecipeArguments:
     cat_max_ratio: float | None = field(default=None)
     photometric: bool | None = field(default=None)
     auxiliary_loss_weight: float | None = field(default=None)
+    loss: str | None = field(
+        default=None,
+        metadata={"help": "loss per head, e.g. 'ce:1.0+dice:3.0', 'ohem(thresh=0.7,min_kept=100000)', "
+                          "'decode=ce+lovasz:0.5;aux=ce:0.4' (losses: ce, ohem, dice, lovasz, focal, bce; see the "
+                          "README); default: the model's own cross-entropy"},
+    )
 
 
 def _explicit_fields(parser: HfArgumentParser, argv: list[str]) -> set[str]:
@@ -150,6 +156,14 @@ def train_main(argv: list[str] | None = None) -> int:
     from .trainer import train
 
     model_args, data_args, recipe_args, training = parse_train_args(argv)
+    if recipe_args.loss is not None:
+        from .losses import LossSpecError, parse_head_losses
+
+        try:
+            parse_head_losses(recipe_args.loss)
+        except LossSpecError as error:  # named wrong on the command line: exit 2 before anything is loaded
+            print(f"hf-seg train: error: --loss: {error}", file=sys.stderr)
+            return 2
     processor = None
     if model_args.image_processor:
         from transformers import AutoImageProcessor

@@ -58,6 +58,8 @@ class Recipe:
     schedule_style: str = "mmcv"  # "mmcv" (authors' code) or "mmengine" (mmsegmentation 1.x)
     auxiliary_loss_weight: float | None = None  # written into the model config when the model has auxiliary heads
     reduce_labels: bool = False
+    # per-head loss spec (`hf_seg.training.losses`, e.g. "ce:1.0+dice:3.0"); None: the model's own loss
+    loss: str | None = None
 
     def replace(self, **overrides) -> Recipe:
         """A copy with some fields changed; unknown names raise a `ValueError` listing the valid ones."""
@@ -70,6 +72,10 @@ class Recipe:
                 overrides[key] = tuple(overrides[key])
         if isinstance(overrides.get("crop_size"), (list, tuple)):
             overrides["crop_size"] = tuple(int(size) for size in overrides["crop_size"])
+        if overrides.get("loss") is not None:  # checked and written in one canonical form (recipe.json, card)
+            from .losses import parse_head_losses
+
+            overrides["loss"] = str(parse_head_losses(overrides["loss"]))
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:

@@ -116,11 +116,19 @@ class SegmentationTrainer(Trainer):
         stop_on_non_finite: a NaN / inf training loss stops training with `NonFiniteTrainingError` naming the step
             and the loss, and weights holding NaN / inf are never saved (neither checkpoints nor the result).
             False keeps transformers' behaviour (non-finite losses are left out of the logged average).
+        loss: a per-head loss spec (`hf_seg.training.losses.parse_head_losses`, e.g. "ce:1.0+dice:3.0"): computed
+            here from the heads' logits (captured with forward hooks, so the model files stay plain) in place of the
+            model's own loss. None keeps the model's own loss.
     """
 
     def __init__(self, *args, recipe: Recipe | None = None, eval_settings: dict | None = None,
-                 stop_on_non_finite: bool = True, **kwargs):
+                 stop_on_non_finite: bool = True, loss=None, **kwargs):
         super().__init__(*args, **kwargs)
+        from .losses import parse_head_losses
+
+        self.head_losses = None if loss is None else parse_head_losses(loss)
+        if self.head_losses is not None:
+            self.head_losses.head_specs(self.model)  # a spec naming heads the model lacks fails before training
         self.stop_on_non_finite = stop_on_non_finite
         # The segmentation models take `**kwargs` but their losses are per-batch means that ignore
         # `num_items_in_batch`. Trainer would then neither divide the loss by the accumulation steps nor leave it
@@ -129,6 +137,17 @@ class SegmentationTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.recipe = recipe
         self.eval_settings = dict(eval_settings or {})
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The configured per-head losses (`loss=`) on the heads' logits, else `Trainer`'s (the model's own loss).
+        The labels still go to the model: its label checks run and SETR runs its auxiliary heads only then."""
+        if self.head_losses is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        unwrapped = self.accelerator.unwrap_model(model)
+        with self.head_losses.capture(unwrapped) as captured:
+            outputs = model(**inputs)
+        loss = captured.loss(inputs["labels"], getattr(unwrapped.config, "semantic_loss_ignore_index", 255))
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -654,7 +673,9 @@ def write_model_card(
     if recipe is not None:
         body.append(f"Recipe `{recipe.name}`:")
         body.append("")
-        body += [f"- {key}: {value}" for key, value in recipe.to_dict().items() if key != "name"]
+        body += [f"- {key}: {value}" for key, value in recipe.to_dict().items() if key not in ("name", "loss")]
+        body.append(f"- loss: {recipe.loss}" if recipe.loss else "- loss: the model's own cross-entropy (decode head "
+                    "+ auxiliary_loss_weight x each auxiliary head)")
     if training_args is not None:
         body += [f"- steps: {training_args.max_steps}, per-device batch: {training_args.per_device_train_batch_size}, "
                  f"gradient accumulation: {training_args.gradient_accumulation_steps}, learning rate: "
@@ -741,6 +762,7 @@ def train(
     dataset_name: str | None = None,
     dataset_kwargs: dict | None = None,
     allow_non_finite: bool = False,
+    loss: str | None = None,
 ) -> TrainResult:
     """
     Fine-tune a segmentation model with `transformers.Trainer` and the papers' recipe, evaluate it with the papers'
@@ -771,7 +793,16 @@ def train(
             checked first: a truncated or unreadable one is named).
         allow_non_finite: keep transformers' behaviour on NaN / inf losses (by default training stops with
             `NonFiniteTrainingError` and weights holding NaN / inf are never saved).
+        loss: the loss of each head, e.g. "ce:1.0+dice:3.0" or "decode=ohem(thresh=0.7);aux=ce:0.4"
+            (`hf_seg.training.losses`; the recipe field `loss`); default: the recipe's, else the model's own
+            cross-entropy. Saved in recipe.json and the model card.
     """
+    if loss is not None:
+        recipe_overrides = {**(recipe_overrides or {}), "loss": loss}
+    if (recipe_overrides or {}).get("loss") is not None:
+        from .losses import parse_head_losses
+
+        parse_head_losses(recipe_overrides["loss"])  # a bad spec fails before any data or model is loaded
     if isinstance(training_args, TrainingArguments):
         set_seed(training_args.seed)
         seed = training_args.seed
@@ -857,6 +888,9 @@ def train(
     recipe = _resolve_recipe(recipe, model, preset_name, recipe_overrides).replace(reduce_labels=reduce_labels)
     if recipe.auxiliary_loss_weight is not None and hasattr(model.config, "auxiliary_loss_weight"):
         model.config.auxiliary_loss_weight = recipe.auxiliary_loss_weight
+    if recipe.loss is not None:
+        _say(f"loss: {recipe.loss} (auxiliary heads without their own spec: the decode head's terms x "
+             f"{getattr(model.config, 'auxiliary_loss_weight', None) or 0.4})")
     args = build_training_arguments(training_args, recipe, output_dir)
     push_to_hub, args.push_to_hub = args.push_to_hub, False  # the final folder is pushed below, with its card
 
@@ -894,6 +928,7 @@ def train(
         recipe=recipe,
         eval_settings=eval_settings,
         stop_on_non_finite=not allow_non_finite,
+        loss=recipe.loss,
     )
     metrics: dict = {}
     if do_train:
