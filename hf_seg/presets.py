@@ -37,12 +37,23 @@ class Preset:
     processor: dict
     label_set: str | None  # None: no names bundled (ImageNet-1k classifiers); the config sets num_labels
     inference: dict = field(default_factory=dict)
+    recipe: str | None = None  # the training recipe, when it is not the one named after the family and data set
+    note: str | None = None  # a sentence for the model cards of models built from the preset (trained or converted)
 
 
 # --- SETR ------------------------------------------------------------------------------------------------------------
 
 _VIT_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
 _VIT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+# encoder name in the preset -> its configuration. DeiT-B/16 is ViT-B/16 with other ImageNet weights: the authors'
+# model never creates the distillation token (`--pretrained_encoder` drops it). The hybrid is the paper's ResNet-50
+# FCN (last stage dilated: output stride 16) feeding ViT-B/16; its tokens are the 1/16 map's pixels.
+_SETR_ENCODERS = {
+    "vit-large": _VIT_LARGE,
+    "vit-base": _VIT_BASE,
+    "deit-base": _VIT_BASE,
+    "r50-vit-base": dict(_VIT_BASE, backbone_config=dict(model_type="resnet", out_features=["stage4"])),
+}
 
 # The authors' heads (fudan-zvg/SETR configs/SETR/*.py); aux heads read these encoder layers (MLA: neck outputs).
 _SETR_DECODERS = {
@@ -56,12 +67,15 @@ _SETR_DECODERS = {
     ),
     "mla": dict(decoder_type="mla", auxiliary_in_indices=[0, 1, 2, 3], auxiliary_num_convs=0),
 }
-_SETR_AUX_LAYERS = {  # (decoder, encoder) -> auxiliary encoder layers
-    ("naive", "large"): [9, 14, 19],
-    ("pup", "large"): [9, 14, 19, 23],
-    ("naive", "base"): [2, 5, 8],
+# (decoder, encoder depth) -> auxiliary encoder layers. 12 layers: the authors' Naive-Base / -DeiT and PUP-DeiT
+# configs; the ViT-B PUP (no config of the authors) takes PUP-DeiT's, as the encoders are the same.
+_SETR_AUX_LAYERS = {
+    ("naive", 24): [9, 14, 19],
+    ("pup", 24): [9, 14, 19, 23],
+    ("naive", 12): [2, 5, 8],
+    ("pup", 12): [4, 7, 9, 11],
 }
-_SETR_MLA_LAYERS = {"large": [5, 11, 17, 23], "base": [2, 5, 8, 11]}
+_SETR_MLA_LAYERS = {24: [5, 11, 17, 23], 12: [2, 5, 8, 11]}
 
 # dataset -> (crop size, label set, processor resize, reduce labels, slide stride)
 _SETR_DATASETS = {
@@ -76,16 +90,41 @@ _SETR_DATASETS = {
 _SIX_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 _SETR_AUG_SCALES = {("naive", "ade20k-512"): [0.5, 0.75, 1.0], ("mla", "ade20k-512"): [0.5, 0.75, 1.0]}
 
+# The authors' recipes whose batch differs from the default of their (decoder, data set) (MODELS.md §2.1): the
+# DeiT MLA configs on ADE20K and Pascal Context train with 16 images, like the ViT-L MLA "bs_16" configs.
+_SETR_RECIPES = {
+    ("mla", "deit-base", "ade20k-512"): "setr-mla-ade20k-512-bs16",
+    ("mla", "deit-base", "pascal-context-480"): "setr-mla-pascal-context-480-bs16",
+}
+_HYBRID_NOTE = (
+    "SETR-Hybrid as the paper's Table 2 describes it: a ResNet-50 FCN encoder (transformers' ResNet, last stage "
+    "dilated: output stride 16) whose 1/16 map, projected by a 1x1 convolution, is the token sequence of a ViT-B/16 "
+    "with the Naive decoder. Neither the authors nor mmsegmentation released a configuration or weights for it, so "
+    "hf_seg has no converter for it: train it, starting from ImageNet weights with "
+    "`--pretrained_encoder microsoft/resnet-50,google/vit-base-patch16-384`."
+)
+_DEFECTIVE_PUP_DEIT = (
+    "The authors' configuration of this variant leaves the PUP decode and auxiliary heads 1024 wide for the 768-wide "
+    "DeiT-B encoder (its forward pass fails); this preset builds them 768 wide, as their Cityscapes PUP-DeiT config "
+    "does."
+)
+_SETR_NOTES = {
+    ("naive", "r50-vit-base", "cityscapes-768"): _HYBRID_NOTE,
+    ("pup", "deit-base", "ade20k-512"): _DEFECTIVE_PUP_DEIT,
+    ("pup", "deit-base", "pascal-context-480"): _DEFECTIVE_PUP_DEIT,
+}
+
 
 def _setr_preset(decoder: str, encoder: str, dataset: str) -> Preset:
     crop, label_set, resize, reduce_labels, stride = _SETR_DATASETS[dataset]
-    config = dict(_VIT_LARGE if encoder == "large" else _VIT_BASE, image_size=crop, **_SETR_DECODERS[decoder])
+    config = dict(_SETR_ENCODERS[encoder], image_size=crop, **_SETR_DECODERS[decoder])
+    depth = config["num_hidden_layers"]
     if decoder == "mla":
-        config["mla_in_indices"] = _SETR_MLA_LAYERS[encoder]
+        config["mla_in_indices"] = _SETR_MLA_LAYERS[depth]
     else:
-        config["auxiliary_in_indices"] = _SETR_AUX_LAYERS[(decoder, encoder)]
+        config["auxiliary_in_indices"] = _SETR_AUX_LAYERS[(decoder, depth)]
     return Preset(
-        name=f"setr-{decoder}-vit-{encoder}-{dataset}",
+        name=f"setr-{decoder}-{encoder}-{dataset}",
         family="setr",
         config=config,
         processor=dict(size=resize, do_reduce_labels=reduce_labels, size_divisor=16),
@@ -94,16 +133,23 @@ def _setr_preset(decoder: str, encoder: str, dataset: str) -> Preset:
             scales=_SETR_AUG_SCALES[(decoder, dataset)] if (decoder, dataset) in _SETR_AUG_SCALES else _SIX_RATIOS,
             flip=True, min_short_side=crop,
         )),
+        recipe=_SETR_RECIPES.get((decoder, encoder, dataset)),
+        note=_SETR_NOTES.get((decoder, encoder, dataset)),
     )
 
 
-PRESETS: dict[str, Preset] = {
-    preset.name: preset
-    for preset in [
-        *(_setr_preset(decoder, "large", dataset) for decoder in ("naive", "pup", "mla") for dataset in _SETR_DATASETS),
-        _setr_preset("naive", "base", "cityscapes-768"),
-    ]
-}
+# The variant table of the paper and the authors' configs (MODELS.md §2.1): ViT-L with every decoder on the three
+# data sets; ViT-B ("T-Base") with every decoder on Cityscapes, the only data set the paper trains it on; DeiT-B
+# where the authors ship a config (no Naive-DeiT on ADE20K / Pascal Context); the Hybrid (ResNet-50 + ViT-B,
+# Naive) on Cityscapes, as in the paper's Table 2.
+_SETR_VARIANTS = [
+    *((decoder, "vit-large", dataset) for decoder in ("naive", "pup", "mla") for dataset in _SETR_DATASETS),
+    *((decoder, "vit-base", "cityscapes-768") for decoder in ("naive", "pup", "mla")),
+    *((decoder, "deit-base", "cityscapes-768") for decoder in ("naive", "pup", "mla")),
+    *((decoder, "deit-base", dataset) for decoder in ("pup", "mla") for dataset in ("ade20k-512", "pascal-context-480")),
+    ("naive", "r50-vit-base", "cityscapes-768"),
+]
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in (_setr_preset(*variant) for variant in _SETR_VARIANTS)}
 
 
 # --- SegFormer -------------------------------------------------------------------------------------------------------

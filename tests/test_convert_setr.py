@@ -32,6 +32,7 @@ from mmseg.registry import MODELS  # noqa: E402
 
 from hf_seg.convert.setr import convert_setr_checkpoint, detect_setr_layout  # noqa: E402
 from hf_seg.models.setr import SetrConfig  # noqa: E402
+from hf_seg.presets import get_preset  # noqa: E402
 
 
 NUM_CLASSES, DIMS, LAYERS, HEADS = 5, 64, 4, 4
@@ -54,6 +55,15 @@ TINY_PRESETS = {
     "mla": dict(_ENCODER, decoder_type="mla", mla_in_indices=[0, 1, 2, 3], mla_channels=32, mla_head_channels=16,
                 auxiliary_in_indices=[0, 1, 2, 3], auxiliary_num_convs=0),
 }
+# The DeiT-B presets at a tiny width but their real depth (12) and layer indices (hf_seg.presets), e.g. PUP-DeiT's
+# four auxiliary heads on layers 4, 7, 9, 11: the authors' DeiT layout is the ViT one (their model never creates the
+# distillation token), with these heads.
+for _variant in ("naive", "pup", "mla"):
+    _real = get_preset(f"setr-{_variant}-deit-base-cityscapes-768").config
+    TINY_PRESETS[f"{_variant}-deit"] = dict(
+        TINY_PRESETS[_variant], num_hidden_layers=12,
+        **{key: _real[key] for key in ("auxiliary_in_indices", "mla_in_indices", "decoder_in_index") if key in _real},
+    )
 
 
 def _norm():
@@ -230,16 +240,17 @@ def _reference_logits(reference, variant: str, authors: bool, mla_head: dict, pi
                          align_corners=False)
 
 
-@pytest.mark.parametrize("variant", ["naive", "pup", "mla"])
-def test_original_layout_matches_reference(variant):
-    reference = _mmseg_setr(variant, authors=True, seed=10)
+@pytest.mark.parametrize("preset", ["naive", "pup", "mla", "naive-deit", "pup-deit", "mla-deit"])
+def test_original_layout_matches_reference(preset):
+    variant = preset.split("-")[0]
+    reference = _mmseg_setr(variant, authors=True, seed=10, config=SetrConfig(**TINY_PRESETS[preset]))
     checkpoint, mla_head = _authors_checkpoint(reference, variant, seed=11)
     assert detect_setr_layout(checkpoint) == "original"
-    converted = convert_setr_checkpoint(checkpoint, TINY_PRESETS[variant], preset_name=f"tiny-setr-{variant}")
+    converted = convert_setr_checkpoint(checkpoint, TINY_PRESETS[preset], preset_name=f"tiny-setr-{preset}")
     assert converted.source == "original"
     dropped = sum(converted.dropped.values(), [])
     assert dropped and all(".conv_seg." in key for key in dropped)
-    assert len(dropped) == 2 * (1 + len(TINY_PRESETS[variant]["auxiliary_in_indices"]))
+    assert len(dropped) == 2 * (1 + len(TINY_PRESETS[preset]["auxiliary_in_indices"]))
     config = converted.config
     assert config.patch_bias and (variant == "mla" or config.head_conv_bias)
     model = converted.build_model()
@@ -269,7 +280,7 @@ def test_original_layout_matches_reference(variant):
                     theirs = F.interpolate(reference.auxiliary_head[k](features), size=size, mode="bilinear",
                                            align_corners=False)
                     worst = max(worst, max_abs_diff(mine, theirs))
-    print(f"SETR {variant} authors' layout: max |dlogit| = {worst:.2e}")
+    print(f"SETR {preset} authors' layout: max |dlogit| = {worst:.2e}")
     assert worst <= TOLERANCE
 
 
@@ -306,6 +317,18 @@ def test_checkpoint_for_another_variant_is_refused():
         convert_setr_checkpoint(checkpoint, TINY_PRESETS["naive"], preset_name="tiny-setr-naive")
     with pytest.raises(ConversionError, match=r"hidden_size 64 \(checkpoint\) vs 1024 \(preset\)"):
         convert_setr_checkpoint(checkpoint, dict(TINY_PRESETS["pup"], hidden_size=1024), preset_name="big")
+
+
+def test_the_hybrid_has_nothing_to_convert_and_the_cards_say_what_the_presets_note():
+    from hf_seg.convert.cards import model_card
+    from hf_seg.convert.common import ConversionError
+
+    hybrid = get_preset("setr-naive-r50-vit-base-cityscapes-768")
+    with pytest.raises(ConversionError, match="is SETR-Hybrid .* nothing to convert; train it"):
+        convert_setr_checkpoint({}, hybrid.config, preset_name=hybrid.name)
+    card = model_card(name="x", preset=get_preset("setr-pup-deit-base-ade20k-512"), layout="original",
+                      checkpoint="x.pth", model_class="SetrForSemanticSegmentation", dropped={}, repo_hint="x")
+    assert "1024 wide for the 768-wide DeiT-B encoder" in card and "46.34 / 47.30 (README)" in card
 
 
 # --- every real-size preset (not a test: `python tests/test_convert_setr.py`, table in conversion/README.md) ----------

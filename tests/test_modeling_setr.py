@@ -260,23 +260,50 @@ AUTHORS_INFERENCE_PARAMETERS = {
     "setr-pup-vit-large-pascal-context-480": 308_169_788,
     "setr-mla-vit-large-pascal-context-480": 309_488_700,
     "setr-naive-vit-base-cityscapes-768": 87_619_859,
+    "setr-naive-deit-base-cityscapes-768": 87_619_859,
+    "setr-pup-deit-base-cityscapes-768": 90_964_499,
+    "setr-mla-deit-base-cityscapes-768": 92_431_123,
+}
+# The other variants, from those counts: (preset, the counted preset it differs from, difference in parameters).
+# ViT-B is DeiT-B's architecture; on ADE20K (150 classes, 32x32 grid) and Pascal Context (60, 30x30) only the
+# position embeddings (768 wide) and the classifier (PUP 1x1 on 256 channels, MLA 3x3 on 512, with bias) change
+# against Cityscapes (19 classes, 48x48); the hybrid swaps ViT's 16x16 patch embedding (3*256*768 + 768) for
+# ResNet-50 without its classifier (23,508,032) and a 1x1 projection of its 2048 channels (2048*768 + 768).
+DERIVED_INFERENCE_PARAMETERS = {
+    "setr-pup-vit-base-cityscapes-768": ("setr-pup-deit-base-cityscapes-768", 0),
+    "setr-mla-vit-base-cityscapes-768": ("setr-mla-deit-base-cityscapes-768", 0),
+    "setr-pup-deit-base-ade20k-512": ("setr-pup-deit-base-cityscapes-768", (1025 - 2305) * 768 + (150 - 19) * 257),
+    "setr-mla-deit-base-ade20k-512": ("setr-mla-deit-base-cityscapes-768", (1025 - 2305) * 768 + (150 - 19) * 4609),
+    "setr-pup-deit-base-pascal-context-480": ("setr-pup-deit-base-cityscapes-768",
+                                              (901 - 2305) * 768 + (60 - 19) * 257),
+    "setr-mla-deit-base-pascal-context-480": ("setr-mla-deit-base-cityscapes-768",
+                                              (901 - 2305) * 768 + (60 - 19) * 4609),
+    "setr-naive-r50-vit-base-cityscapes-768": ("setr-naive-vit-base-cityscapes-768",
+                                               -(3 * 256 * 768 + 768) + 23_508_032 + 2048 * 768 + 768),
 }
 
 
 def test_presets_are_listed():
-    assert set(AUTHORS_INFERENCE_PARAMETERS) <= set(hf_seg.list_models())
-    assert hf_seg.list_models("setr") == sorted(AUTHORS_INFERENCE_PARAMETERS)
+    assert hf_seg.list_models("setr") == sorted({**AUTHORS_INFERENCE_PARAMETERS, **DERIVED_INFERENCE_PARAMETERS})
     with pytest.raises(KeyError, match="unknown model preset 'setr-huge'"):
         hf_seg.create_model("setr-huge")
 
 
-@pytest.mark.parametrize("name", sorted(AUTHORS_INFERENCE_PARAMETERS))
-def test_preset_parameter_counts_match_the_authors(name):
+def _inference_parameters(name: str) -> int:
     with torch.device("meta"):
         model = hf_seg.create_model(name)
     total = sum(p.numel() for p in model.parameters())
-    auxiliary = sum(p.numel() for p in model.auxiliary_heads.parameters())
-    assert total - auxiliary == AUTHORS_INFERENCE_PARAMETERS[name]
+    return total - sum(p.numel() for p in model.auxiliary_heads.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_INFERENCE_PARAMETERS))
+def test_preset_parameter_counts_match_the_authors(name):
+    assert _inference_parameters(name) == AUTHORS_INFERENCE_PARAMETERS[name]
+
+
+def test_the_other_variants_parameter_counts_follow_from_the_authors():
+    for name, (counted, difference) in DERIVED_INFERENCE_PARAMETERS.items():
+        assert _inference_parameters(name) == AUTHORS_INFERENCE_PARAMETERS[counted] + difference, name
 
 
 def test_default_config_is_setr_pup_vit_large_ade20k():

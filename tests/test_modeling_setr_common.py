@@ -8,6 +8,7 @@ import unittest
 
 import pytest
 import torch
+from transformers import ResNetConfig
 
 from hf_seg import SetrConfig, SetrForSemanticSegmentation, SetrModel
 
@@ -23,9 +24,10 @@ ConfigTester = config_common.ConfigTester
 class SetrModelTester:
     """Tiny SETR configs: 2 layers (the mixin's limit), 32x48 inputs (non-square on purpose), stored grid 2x2."""
 
-    def __init__(self, parent, decoder_type="pup", batch_size=2, image_size=32, num_labels=3):
+    def __init__(self, parent, decoder_type="pup", batch_size=2, image_size=32, num_labels=3, hybrid=False):
         self.parent = parent
         self.decoder_type = decoder_type
+        self.hybrid = hybrid
         self.batch_size = batch_size
         self.image_size = image_size
         self.patch_size = 16
@@ -47,6 +49,9 @@ class SetrModelTester:
             "pup": dict(auxiliary_in_indices=[0, 1]),
             "mla": dict(mla_in_indices=[0, 0, 1, 1], auxiliary_in_indices=[0, 3], auxiliary_num_convs=0),
         }[self.decoder_type]
+        if self.hybrid:  # a tiny transformers ResNet, its last stage dilated: tokens at 1/16
+            heads["backbone_config"] = ResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 16, 16], embedding_size=8,
+                                                    out_features=["stage4"])
         return SetrConfig(
             image_size=self.image_size,
             patch_size=self.patch_size,
@@ -72,12 +77,13 @@ class _SetrCommonTests(ModelTesterMixin):
     all_model_classes = (SetrModel, SetrForSemanticSegmentation)
     pipeline_model_mapping = {}
     decoder_type = "pup"
+    hybrid = False
     test_resize_embeddings = False  # no token embeddings
     test_torch_exportable = False  # ExportTesterMixin is a stand-in: the sdist lacks tests/exporters
     has_attentions = True
 
     def setUp(self):
-        self.model_tester = SetrModelTester(self, decoder_type=self.decoder_type)
+        self.model_tester = SetrModelTester(self, decoder_type=self.decoder_type, hybrid=self.hybrid)
 
     def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
         inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels=False)
@@ -129,3 +135,10 @@ class SetrNaiveModelTest(_SetrCommonTests, unittest.TestCase):
 
 class SetrMlaModelTest(_SetrCommonTests, unittest.TestCase):
     decoder_type = "mla"
+
+
+class SetrHybridModelTest(_SetrCommonTests, unittest.TestCase):
+    """The paper's Hybrid: a ResNet backbone (transformers' AutoBackbone) in place of the patch embedding, Naive head."""
+
+    decoder_type = "naive"
+    hybrid = True

@@ -1,6 +1,7 @@
 """hf_seg.training: recipes, parameter groups and schedules against mmengine, Trainer runs (a few steps, resume,
 gradient accumulation), evaluation protocol, CLI parsing, model card, Hub push (mocked), pretrained encoders."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,6 +13,10 @@ import torch
 from transformers import (
     AutoImageProcessor,
     AutoModelForSemanticSegmentation,
+    DeiTConfig,
+    DeiTForImageClassificationWithTeacher,
+    ResNetConfig,
+    ResNetForImageClassification,
     SegformerConfig,
     SegformerForImageClassification,
     SegformerForSemanticSegmentation,
@@ -108,6 +113,14 @@ def test_every_segmentation_preset_has_a_recipe():
         assert recipe_name_for_preset(name) in RECIPES
     assert recipe_name_for_preset("setr-mla-vit-large-pascal-context-480") == "setr-mla-pascal-context-480"
     assert recipe_name_for_preset("segformer-b5-ade20k-640") == "segformer-ade20k-640"
+    # the authors' DeiT MLA configs train with 16 images where the ViT-L MLA recipe (released weights) has 8
+    assert recipe_name_for_preset("setr-mla-deit-base-ade20k-512") == "setr-mla-ade20k-512-bs16"
+    assert get_recipe("setr-mla-ade20k-512-bs16").batch_size == 16 and get_recipe("setr-mla-ade20k-512").batch_size == 8
+    assert recipe_name_for_preset("setr-naive-r50-vit-base-cityscapes-768") == "setr-naive-cityscapes-768"
+    for decoder in ("naive", "pup", "mla"):  # the authors' 40k Cityscapes schedules
+        short, long = get_recipe(f"setr-{decoder}-cityscapes-768-40k"), get_recipe(f"setr-{decoder}-cityscapes-768")
+        assert short.max_steps == 40_000 and long.max_steps == 80_000
+        assert dataclasses.replace(short, name=long.name, max_steps=long.max_steps) == long
     with pytest.raises(KeyError, match="no training recipe"):
         recipe_name_for_preset("mit-b0")
 
@@ -477,6 +490,54 @@ def test_setr_from_a_transformers_vit(tmp_path):
     wrong = hf_seg.create_model("setr-naive-vit-large-ade20k-512", **{**TINY_SETR, "intermediate_size": 48})
     with pytest.raises(ValueError, match="intermediate_size = 32 but the SETR model has 48"):
         load_pretrained_encoder(wrong, str(tmp_path / "vit"))
+
+
+def test_setr_from_a_transformers_deit_drops_the_distillation_token(tmp_path):
+    """The distilled DeiT-B/16-384 of SETR-DeiT: its position embeddings hold class + distillation + patches; the
+    distillation token and its position are dropped (the authors' load_pretrained), the grid is resized."""
+    deit = DeiTForImageClassificationWithTeacher(DeiTConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=8,
+        num_labels=3)).eval()
+    deit.save_pretrained(tmp_path / "deit")
+    model = hf_seg.create_model("setr-pup-deit-base-cityscapes-768", **{**TINY_SETR, "image_size": 48}).eval()
+    load_pretrained_encoder(model, str(tmp_path / "deit"))  # strict: every SETR encoder weight is filled
+    source = deit.deit.embeddings.position_embeddings.detach()  # [1, 2 + 4*4, 16]
+    patches = source[:, 2:].reshape(1, 4, 4, 16).permute(0, 3, 1, 2)
+    patches = torch.nn.functional.interpolate(patches, size=(6, 6), mode="bilinear", align_corners=False)
+    expected = torch.cat([source[:, :1], patches.flatten(2).transpose(1, 2)], dim=1)
+    torch.testing.assert_close(model.setr.embeddings.position_embeddings.detach(), expected, rtol=0, atol=1e-7)
+    torch.testing.assert_close(model.setr.embeddings.cls_token, deit.deit.embeddings.cls_token)
+    torch.testing.assert_close(model.setr.embeddings.projection.weight,
+                               deit.deit.embeddings.patch_embeddings.projection.weight)
+    torch.testing.assert_close(model.setr.layers[1].attention.v_proj.bias, deit.deit.layers[1].attention.v_proj.bias)
+
+
+def test_setr_hybrid_from_a_transformers_resnet_and_vit(tmp_path):
+    """The hybrid takes two checkpoints: the ResNet fills its backbone (every key), the ViT the transformer (every key
+    but the patch embedding, which the hybrid does not have); the 1x1 projection keeps its initialisation."""
+    resnet_config = ResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32], embedding_size=8,
+                                 out_features=["stage4"])
+    ResNetForImageClassification(resnet_config).save_pretrained(tmp_path / "resnet")
+    vit = ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                             image_size=64, patch_size=16, layer_norm_eps=1e-6)).eval()
+    vit.save_pretrained(tmp_path / "vit")
+    tiny_hybrid = dict(TINY_SETR, image_size=64, patch_size=16, backbone_config=resnet_config.to_dict())
+    model = hf_seg.create_model("setr-naive-r50-vit-base-cityscapes-768", **tiny_hybrid).eval()
+    projection = model.setr.embeddings.projection.weight.detach().clone()
+    load_pretrained_encoder(model, f"{tmp_path / 'resnet'}, {tmp_path / 'vit'}")
+    resnet = ResNetForImageClassification.from_pretrained(tmp_path / "resnet").resnet
+    backbone = model.setr.embeddings.backbone
+    for name, tensor in resnet.state_dict().items():
+        torch.testing.assert_close(backbone.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(model.setr.layers[0].mlp.fc1.weight, vit.layers[0].mlp.fc1.weight)
+    torch.testing.assert_close(model.setr.embeddings.position_embeddings, vit.embeddings.position_embeddings)
+    torch.testing.assert_close(model.setr.embeddings.projection.weight, projection, rtol=0, atol=0)
+    # the dilated last stage: the tokens are the 1/16 map (64x96 -> 4x6), not 1/32
+    assert backbone(torch.randn(1, 3, 64, 96)).feature_maps[-1].shape[-2:] == (4, 6)
+    with pytest.raises(ValueError, match="takes a ResNet and a ViT checkpoint"):
+        load_pretrained_encoder(model, str(tmp_path / "vit"))
+    with pytest.raises(ValueError, match="one ViT or DeiT encoder checkpoint"):
+        load_pretrained_encoder(model, f"{tmp_path / 'resnet'},{tmp_path / 'resnet'}")
 
 
 def test_segformer_from_a_mit_classifier(tmp_path):

@@ -64,6 +64,13 @@ REPORTED = {
     ("setr-pup-vit-large-pascal-context-480", "original"): "54.37 / 55.27 (README)",
     ("setr-mla-vit-large-pascal-context-480", "original"): "54.39 / 55.39 (batch 8), 55.01 / 55.83 (batch 16) (README)",
     ("setr-naive-vit-base-cityscapes-768", "original"): "75.54 (40k), 76.25 (80k) (README)",
+    ("setr-naive-deit-base-cityscapes-768", "original"): "77.85 (40k), 78.66 (80k) (README)",
+    ("setr-pup-deit-base-cityscapes-768", "original"): "78.79 (40k), 79.45 (80k) (README)",
+    ("setr-mla-deit-base-cityscapes-768", "original"): "78.04 (40k), 78.98 (80k) (README)",
+    ("setr-pup-deit-base-ade20k-512", "original"): "46.34 / 47.30 (README)",
+    ("setr-mla-deit-base-ade20k-512", "original"): "46.15 / 47.71 (README)",
+    ("setr-pup-deit-base-pascal-context-480", "original"): "52.00 / 52.50 (README)",
+    ("setr-mla-deit-base-pascal-context-480", "original"): "52.91 / 53.74 (README)",
     ("setr-naive-vit-large-ade20k-512", "mmseg"): "48.28 / 49.56 (metafile)",
     ("setr-pup-vit-large-ade20k-512", "mmseg"): "48.24 / 49.99 (metafile)",
     ("setr-mla-vit-large-ade20k-512", "mmseg"): "47.34 / 49.05 (batch 8), 47.39 / 49.37 (batch 16) (metafile)",
@@ -152,7 +159,7 @@ datasets:
 - **License of the source code:** {code_license}
 - **License of the weights:** {weights_license}
 - hf_seg's own code is Apache-2.0 and was written independently of the source repositories.
-
+{note}
 ## Use
 
 ```python
@@ -206,4 +213,5 @@ def model_card(*, name, preset, layout, checkpoint, model_class, dropped, repo_h
         protocol=protocol,
         layout=layout,
         dropped=dropped_text,
+        note=f"\n{preset.note}\n" if preset.note else "",
     )

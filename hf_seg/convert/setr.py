@@ -572,6 +572,12 @@ def convert_setr_checkpoint(
     Returns a `ConvertedCheckpoint`; raises `ConversionError` when the checkpoint does not fit."""
     from ..models.setr import SetrConfig, SetrForSemanticSegmentation
 
+    if preset_config.get("backbone_config") is not None:
+        raise ConversionError(
+            f"{preset_name!r} is SETR-Hybrid (a ResNet backbone feeding the ViT): neither fudan-zvg/SETR nor "
+            "mmsegmentation 1.x has a configuration or released checkpoint of it, so there is nothing to convert; "
+            "train it (hf-seg train) instead"
+        )
     layout = detect_setr_layout(state_dict) if source == "auto" else source
     if layout not in SETR_LAYOUT_SIGNATURES:
         raise ConversionError(f"unknown SETR source layout {source!r}; use one of auto, {', '.join(SETR_LAYOUT_SIGNATURES)}")

@@ -102,6 +102,7 @@ _SETR_LR_BATCH = {
     ("naive", "pascal-context-480"): (0.01, 16), ("pup", "pascal-context-480"): (0.001, 16),
     ("mla", "pascal-context-480"): (0.001, 8),
 }
+_SETR_BATCH_16 = {("mla", "ade20k-512"), ("mla", "pascal-context-480")}
 
 _ADAMW_POLY = dict(
     optimizer="adamw", learning_rate=6e-5, weight_decay=0.01, betas=(0.9, 0.999), poly_power=1.0, min_lr=0.0,
@@ -119,6 +120,10 @@ def _build_recipes() -> dict[str, Recipe]:
             name=name, learning_rate=lr, batch_size=batch, max_steps=steps, crop_size=crop, train_scale=scale,
             reduce_labels=reduce_labels, **_SETR_BASE,
         )
+        if dataset == "cityscapes-768":  # the authors' 40k Cityscapes configs: the 80k ones, half as long
+            recipes[f"{name}-40k"] = recipes[name].replace(name=f"{name}-40k", max_steps=40_000)
+        if (decoder, dataset) in _SETR_BATCH_16:  # the MLA "bs_16" configs (ViT-L, and every DeiT MLA one)
+            recipes[f"{name}-bs16"] = recipes[name].replace(name=f"{name}-bs16", batch_size=16)
     # (dataset, crop, train scale, total batch, reduce labels, iterations). ADE20K and Cityscapes: the authors'
     # configs (the B0-only 768 / 512x1024 / 640x1280 Cityscapes ones: local_configs/segformer/B0/, 8 x 1 images).
     # The successors' data sets have no SegFormer config, neither the authors' nor mmsegmentation 1.x's: their
@@ -167,9 +172,14 @@ def get_recipe(name: str, **overrides) -> Recipe:
 
 
 def recipe_name_for_preset(preset_name: str) -> str:
-    """The recipe of a model preset: `setr-pup-vit-large-ade20k-512` -> `setr-pup-ade20k-512`,
-    `segformer-b2-ade20k-512` -> `segformer-ade20k-512`, `upernet-mpvit-small-ade20k-512` -> `upernet-mpvit-ade20k-512`."""
-    name = re.sub(r"^(setr-(?:naive|pup|mla))-vit-(?:large|base)-", r"\1-", preset_name)
+    """The recipe of a model preset: the one it names (`Preset.recipe`), else the one of its family and data set:
+    `setr-pup-vit-large-ade20k-512` -> `setr-pup-ade20k-512`, `segformer-b2-ade20k-512` -> `segformer-ade20k-512`,
+    `upernet-mpvit-small-ade20k-512` -> `upernet-mpvit-ade20k-512`."""
+    from ..presets import PRESETS
+
+    if preset_name in PRESETS and PRESETS[preset_name].recipe is not None:
+        return PRESETS[preset_name].recipe
+    name = re.sub(r"^(setr-(?:naive|pup|mla))-(?:vit-large|vit-base|deit-base|r50-vit-base)-", r"\1-", preset_name)
     name = re.sub(r"^segformer-b\d-", "segformer-", name)
     name = re.sub(r"^upernet-mpvit-(?:tiny|xsmall|small|base)-", "upernet-mpvit-", name)
     if name not in RECIPES:

@@ -643,6 +643,11 @@ def write_model_card(
             "`transformers.Trainer`."]
     if preset_name:
         body.append(f"Architecture preset: `{preset_name}`.")
+        from ..presets import PRESETS
+
+        note = PRESETS[preset_name].note if preset_name in PRESETS else None
+        if note:
+            body.append(note)
     if pretrained_encoder:
         body.append(f"Encoder initialised from `{pretrained_encoder}`.")
     if dataset_name:

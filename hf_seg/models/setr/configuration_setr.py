@@ -4,7 +4,8 @@
 import numbers
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 
 SETR_DECODER_TYPES = ("naive", "pup", "mla")
@@ -60,6 +61,15 @@ class SetrConfig(PreTrainedConfig):
         initializer_range (`float`, defaults to 0.02): std of the truncated normal for Linear weights, class token
             and position embeddings; convolutions keep PyTorch's default init, as in the authors' code.
 
+    Hybrid encoder (the paper's "Hybrid" baseline: a ResNet-50 FCN feeding the transformer):
+        backbone_config (`dict` or `PreTrainedConfig`, *optional*): a convolutional backbone (transformers'
+            `AutoBackbone`, e.g. `ResNetConfig(out_features=["stage4"])`) whose last output map replaces the patch
+            embedding: a 1x1 convolution projects it to `hidden_size` and its pixels are the tokens. Its stride must
+            be `patch_size`, which keeps the meaning of `image_size` / `patch_size` (the token grid).
+        backbone_dilate_last_stage (`bool`, defaults to `True`): give a ResNet's last stage stride 1 and dilation 2
+            (the first block keeps dilation 1, mmsegmentation's `contract_dilation`), so that ResNet-50's stage 4 ends
+            at 1/16 as the paper's FCN encoder with output stride 16 does.
+
     Decoder:
         decoder_type (`str`, defaults to `"pup"`): `"naive"`, `"pup"` or `"mla"`. Naive and PUP share one head
             (LayerNorm on the tokens of layer `decoder_in_index`, then `decoder_num_convs` x [conv, BN, ReLU, bilinear
@@ -91,6 +101,11 @@ class SetrConfig(PreTrainedConfig):
     """
 
     model_type = "setr"
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="resnet", init_kwargs={"out_features": ["stage4"]}, optional=True
+        ),
+    }
 
     image_size: int | list[int] | tuple[int, int] = 512
     patch_size: int = 16
@@ -106,6 +121,8 @@ class SetrConfig(PreTrainedConfig):
     hidden_dropout_prob: float | int = 0.0
     attention_probs_dropout_prob: float | int = 0.0
     initializer_range: float = 0.02
+    backbone_config: dict | PreTrainedConfig | None = None
+    backbone_dilate_last_stage: bool = True
 
     decoder_type: str = "pup"
     decoder_in_index: int = -1
@@ -169,6 +186,18 @@ class SetrConfig(PreTrainedConfig):
             raise ValueError(f"layer_norm_eps={self.layer_norm_eps} must be positive")
         if not self.id2label:
             raise ValueError(f"id2label={self.id2label} names no class: a model needs num_labels >= 1")
+        if self.backbone_config is not None:
+            out_features = getattr(self.backbone_config, "out_features", None)
+            if not out_features or len(out_features) != 1:
+                raise ValueError(
+                    f"backbone_config.out_features={out_features} must name the one stage whose map becomes the tokens"
+                )
+            if self.backbone_dilate_last_stage and self.backbone_config.model_type != "resnet":
+                raise ValueError(
+                    "backbone_dilate_last_stage=True applies to transformers' ResNet; a "
+                    f"{self.backbone_config.model_type!r} backbone must reach stride patch_size={self.patch_size} "
+                    "by itself (set backbone_dilate_last_stage=False)"
+                )
         if self.decoder_type not in SETR_DECODER_TYPES:
             raise ValueError(f"decoder_type={self.decoder_type!r} is not one of {SETR_DECODER_TYPES}")
         if self.hidden_size % self.num_attention_heads:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, SemanticSegmenterOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
@@ -62,21 +63,46 @@ class SetrConvModule(nn.Module):
         return self.activation(self.batch_norm(self.conv(features)))
 
 
+def dilate_last_resnet_stage(backbone: nn.Module) -> None:
+    """Turn the last stage of transformers' ResNet from stride 2 into stride 1 with dilation 2, so that its output
+    keeps the previous stage's resolution (ResNet-50: 1/16 instead of 1/32). The first block keeps dilation 1 and the
+    others get 2, as mmsegmentation's dilated ResNets with `contract_dilation=True` (and torchvision's
+    `replace_stride_with_dilation`) do. The weights are unchanged: a pretrained ResNet loads as it is."""
+    stage = backbone.encoder.stages[-1]
+    for index, block in enumerate(stage.layers):
+        for module in block.modules():
+            if not isinstance(module, nn.Conv2d):
+                continue
+            module.stride = (1, 1)
+            if module.kernel_size == (3, 3) and index > 0:
+                module.dilation, module.padding = (2, 2), (2, 2)
+
+
 class SetrEmbeddings(nn.Module):
-    """Patch embedding + class token + learned position embeddings, resized to the input's patch grid on the fly."""
+    """Patch embedding + class token + learned position embeddings, resized to the input's patch grid on the fly.
+
+    In the hybrid encoder (`config.backbone_config`) the patches are the pixels of a convolutional backbone's output
+    map (stride `patch_size`), projected to `hidden_size` by a 1x1 convolution."""
 
     def __init__(self, config: SetrConfig):
         super().__init__()
         self.patch_size = config.patch_size
         self.num_channels = config.num_channels
         self.grid_size = config.image_grid_size
-        self.projection = nn.Conv2d(
-            config.num_channels,
-            config.hidden_size,
-            kernel_size=config.patch_size,
-            stride=config.patch_size,
-            bias=config.patch_bias,
-        )
+        self.backbone = None
+        if config.backbone_config is not None:
+            self.backbone = load_backbone(config)
+            if config.backbone_dilate_last_stage:
+                dilate_last_resnet_stage(self.backbone)
+            self.projection = nn.Conv2d(self.backbone.channels[-1], config.hidden_size, kernel_size=1)
+        else:
+            self.projection = nn.Conv2d(
+                config.num_channels,
+                config.hidden_size,
+                kernel_size=config.patch_size,
+                stride=config.patch_size,
+                bias=config.patch_bias,
+            )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(
             torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], config.hidden_size)
@@ -105,7 +131,15 @@ class SetrEmbeddings(nn.Module):
                 f"{height}x{width}; pad the input (SetrImageProcessor does it with do_pad=True)"
             )
         grid_size = (height // self.patch_size, width // self.patch_size)
-        patches = self.projection(pixel_values.to(self.projection.weight.dtype)).flatten(2).transpose(1, 2)
+        pixel_values = pixel_values.to(self.projection.weight.dtype)
+        if self.backbone is not None:
+            pixel_values = self.backbone(pixel_values).feature_maps[-1]
+            if tuple(pixel_values.shape[-2:]) != grid_size:
+                raise ValueError(
+                    f"the backbone's output map is {tuple(pixel_values.shape[-2:])} for a {height}x{width} input, not "
+                    f"the {grid_size} token grid of patch_size={self.patch_size}: its stride must be the patch size"
+                )
+        patches = self.projection(pixel_values).flatten(2).transpose(1, 2)
         class_tokens = self.cls_token.expand(patches.shape[0], -1, -1)
         embeddings = torch.cat([class_tokens, patches], dim=1) + self.resize_position_embeddings(grid_size)
         return self.dropout(embeddings)
