@@ -75,7 +75,7 @@ def _palette_for(config, preset=None):
         id2label, palette = load_label_set(label_set)
         if names == [id2label[i] for i in range(len(id2label))]:
             return palette
-    return default_palette(max(num_labels, 1))
+    return default_palette(max(num_labels, 2))  # one output channel (binary masks) predicts 0 and 1
 
 
 def check_safetensors_files(folder: Path) -> None:

@@ -225,6 +225,8 @@ class _Runner:
                 f"{None if not isinstance(logits, torch.Tensor) else tuple(logits.shape)}."
             )
         logits = logits.float()
+        if logits.shape[1] == 1:  # one output channel (num_labels=1, binary masks): the foreground's sigmoid is
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)  # the softmax over (0, logit): 2 classes
         size = tuple(pixel_values.shape[-2:])
         if tuple(logits.shape[-2:]) != size:
             (lh, lw), (h, w) = logits.shape[-2:], size
@@ -327,6 +329,8 @@ def segment(
             bounded by one image's canvases); within an image, its sliding windows (slide) or its same-size scale /
             flip variants (whole) are stacked, `batch_size` at a time.
         return_probabilities (`bool`): also return the per-image probabilities `(num_labels, H, W)` (float32).
+            A model with one output channel (`num_labels=1`, binary masks) segments two classes, background 0 and
+            foreground 1 where the sigmoid is above 0.5, and its probabilities are `(2, H, W)`.
         autocast_dtype (`torch.float16` / `torch.bfloat16`, *optional*): run the model under `torch.autocast` on its
             device with this dtype; logits are accumulated in float32.
         preset (`str`, *optional*): an `hf_seg` preset name whose `inference` settings fill crop_size / stride.

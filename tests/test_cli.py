@@ -301,6 +301,11 @@ def test_list_and_bare_command_agree(capsys):
     assert status == 0 and bare == listed and "hf-seg --help" in hint
     status, setr_only, _ = _run(capsys, "list", "--family", "setr")
     assert status == 0 and len(setr_only.strip().splitlines()) == 1 + len(hf_seg.list_models("setr"))
+    # the inference column leaves the training-only heads out: SETR's list and UperNet's single auxiliary head
+    for line in setr_only.splitlines()[1:] + [row for row in listed.splitlines() if row.startswith("upernet-mpvit")]:
+        total, inference = (int(field.replace(",", "")) for field in line.split()[1:3])
+        assert inference < total, line
+    assert "setr-naive-deit-base-cityscapes-768" in setr_only and " 87,619,859 " in setr_only
 
 
 # ------------------------------------------------------------------------------------------------------ export

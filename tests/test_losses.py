@@ -3,6 +3,8 @@ the per-head losses the Trainer computes from the heads' logits."""
 
 import warnings
 
+import numpy as np
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -248,9 +250,9 @@ def test_head_losses_from_hooks_equal_the_models_own_loss(family):
     pixels; a spec with other terms adds exactly them."""
     model = {"setr": lambda: tiny_setr("pup"), "mpvit": tiny_mpvit, "segformer": tiny_segformer}[family]().train()
     torch.manual_seed(1)
-    pixel_values = torch.randn(2, 3, 64, 64)
-    labels = torch.randint(0, 5, (2, 64, 64))
-    labels[:, :8] = IGNORE
+    pixel_values = torch.randn(2, 3, 32, 32)
+    labels = torch.randint(0, 5, (2, 32, 32))
+    labels[:, :4] = IGNORE
     same = "ce(avg_non_ignore=true)" if family == "segformer" else "ce"
     torch.manual_seed(2)  # dropout
     loss, outputs = _captured_loss(model, same, pixel_values, labels)
@@ -261,7 +263,7 @@ def test_head_losses_from_hooks_equal_the_models_own_loss(family):
     assert len(heads) == {"setr": 3, "mpvit": 2, "segformer": 1}[family]
     with parse_head_losses("ce+dice:3").capture(model) as captured:
         model(pixel_values=pixel_values, labels=labels)
-    logits = [F.interpolate(captured.outputs[name][0], size=(64, 64), mode="bilinear") for name, _ in heads]
+    logits = [F.interpolate(captured.outputs[name][0], size=(32, 32), mode="bilinear") for name, _ in heads]
     expected = sum(
         weight * (losses.cross_entropy(head, labels) + 3 * losses.dice_loss(head, labels))
         for weight, head in zip([1.0] + [0.4] * (len(heads) - 1), logits)
@@ -281,7 +283,7 @@ def test_trainer_uses_the_configured_loss(tmp_path):
 
     model = tiny_setr("naive").train()
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    pixel_values, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2, 64, 64))
+    pixel_values, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
     trainer = SegmentationTrainer(model=model, args=args, loss="ce")
     torch.manual_seed(0)
     configured = trainer.compute_loss(model, {"pixel_values": pixel_values, "labels": labels})
@@ -320,3 +322,88 @@ def test_train_with_a_loss_spec_saves_it_with_the_model(tmp_path, capsys):
     assert train_main(argv[:-1] + ["ce+dcie:3"]) == 2
     assert "--loss: loss spec 'ce+dcie:3': 'dcie:3': unknown loss 'dcie' (did you mean 'dice'?)" in \
         capsys.readouterr().err
+
+    # binary masks (0 / 1): one class named -> one output channel, trained with bce + dice, scored as two classes
+    from datasets import Dataset, DatasetDict, load_from_disk
+    from PIL import Image
+
+    def binary(rows):
+        return Dataset.from_dict({"image": [row["image"] for row in rows], "label": [
+            Image.fromarray((np.asarray(row["label"]) > 0).astype(np.uint8)) for row in rows]})
+
+    shapes = load_from_disk(str(data))
+    DatasetDict(train=binary(shapes["train"]), validation=binary(shapes["validation"])).save_to_disk(str(tmp_path / "b"))
+    (tmp_path / "names.json").write_text('["shape"]')
+    argv[argv.index("--dataset") + 1] = str(tmp_path / "b")
+    argv[argv.index("--eval_split") + 1] = "validation"
+    assert train_main(argv[:-1] + ["bce+dice:3", "--id2label", str(tmp_path / "names.json"), "--eval_mode", "whole",
+                                   "--output_dir", str(tmp_path / "binary")]) == 0
+    assert "1 class (shape): binary masks, label 1 = shape and 0 = background" in capsys.readouterr().err
+    results = json.loads((tmp_path / "binary" / "all_results.json").read_text())
+    assert hf_seg.SetrConfig.from_pretrained(tmp_path / "binary").num_labels == 1
+    assert {"eval_iou_background", "eval_iou_shape"} <= set(results)
+
+
+def _binary_models():
+    """Every family with one output channel (num_labels=1: binary foreground masks)."""
+    import hf_seg
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    from tiny_models import TINY_SETR
+
+    binary = dict(num_labels=1, id2label={0: "foreground"}, label2id={"foreground": 0})
+    torch.manual_seed(0)
+    setr = hf_seg.create_model("setr-pup-vit-large-ade20k-512", **{**TINY_SETR, **binary}, auxiliary_in_indices=[1, 2])
+    mpvit = hf_seg.MPViTForSemanticSegmentation(hf_seg.MPViTConfig(
+        hidden_sizes=[16, 16, 24, 32], depths=[1, 1, 1, 1], num_paths=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2],
+        decoder_hidden_size=16, auxiliary_channels=8, out_features=["stage1", "stage2", "stage3", "stage4"], **binary))
+    encoder = dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 1, 2, 2],
+                   decoder_hidden_size=16, **binary)
+    segformer = SegformerForSemanticSegmentation(SegformerConfig(**encoder))
+    mmseg_segformer = hf_seg.SegformerMmsegForSemanticSegmentation(hf_seg.SegformerMmsegConfig(**encoder))
+    return {"setr": setr, "mpvit": mpvit, "segformer": segformer, "segformer-mmseg": mmseg_segformer}
+
+
+def test_one_output_channel_trains_and_predicts_for_every_family(subtests):
+    """num_labels=1: each model's own loss is transformers' Segformer BCE (decode + 0.4 x auxiliary heads), equal to
+    the `bce` spec from the heads' logits; `bce+dice` and `lovasz` train; labels other than 0 / 1 are refused;
+    segment() and the evaluation read the logit as background 0 / foreground 1 (sigmoid > 0.5), two classes."""
+    from datasets import Dataset
+    from PIL import Image
+
+    import hf_seg
+    from hf_seg.training.evaluation import evaluate_segmentation
+
+    torch.manual_seed(3)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    labels = torch.randint(0, 2, (2, 32, 32))
+    labels[:, :4] = IGNORE
+    processor = hf_seg.SetrImageProcessor(size={"height": 32, "width": 32}, do_resize=True)
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)) for i in (0, 1)]
+    for family, model in _binary_models().items():
+        with subtests.test(family):
+            model.eval()
+            loss, outputs = _captured_loss(model, "bce", pixel_values, labels)
+            torch.testing.assert_close(loss, outputs.loss, rtol=1e-6, atol=1e-7)
+            value, _ = _captured_loss(model.train(), "bce+dice:3+lovasz(per_image=true)+focal", pixel_values, labels)
+            value.backward()
+            assert torch.isfinite(value)
+            model.eval()
+            with pytest.raises(ValueError, match=r"needs num_labels >= 2"):
+                parse_head_losses("ce").head_specs(model)
+            if family != "segformer":  # transformers' own Segformer does not check its labels
+                with pytest.raises(ValueError, match=r"\[2\]"):
+                    model(pixel_values=pixel_values, labels=labels.masked_fill(labels == 0, 2))
+
+            maps, probabilities = hf_seg.segment(model, processor, images, return_probabilities=True)
+            with torch.no_grad():
+                logits = model(pixel_values=processor(images, return_tensors="pt")["pixel_values"]).logits
+            expected = F.interpolate(logits, size=(32, 32), mode="bilinear")[:, 0] > 0
+            assert torch.equal(torch.stack(maps), expected.long())
+            assert probabilities[0].shape == (2, 32, 32)
+            torch.testing.assert_close(probabilities[0][1], F.interpolate(logits, size=(32, 32), mode="bilinear")[0, 0]
+                                       .sigmoid())
+            truth = [Image.fromarray(np.asarray(m, dtype=np.uint8)) for m in maps]
+            metrics = evaluate_segmentation(model, processor, Dataset.from_dict({"image": images, "label": truth}),
+                                            id2label=model.config.id2label)
+            assert metrics["overall_accuracy"] == 1.0 and {"iou_background", "iou_foreground"} <= set(metrics)

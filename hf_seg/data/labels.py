@@ -193,8 +193,9 @@ def scan_label_values(dataset, label_column: str, reduce_labels: bool = False, s
 def check_label_values(counts: np.ndarray, id2label: dict, split: str, dataset, label_column: str,
                        reduce_labels: bool, label_ids: str | None = None) -> None:
     """Refuse label values the classes cannot hold, naming the values, the split and an example index (and the
-    ``--label_ids`` table when the classes are one whose raw ids the values could be)."""
-    num_labels = len(id2label)
+    ``--label_ids`` table when the classes are one whose raw ids the values could be). One class is a binary
+    foreground mask (a model with one output channel): values 0 and 1."""
+    num_labels = max(len(id2label), 2)
     if len(counts) <= num_labels:
         return
     bad = [int(v) for v in np.flatnonzero(counts[num_labels:]) + num_labels]

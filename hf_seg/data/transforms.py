@@ -348,6 +348,7 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
 def check_label_values(label: np.ndarray, num_labels: int | None, index, name: str | None, reduced: bool):
     if num_labels is None:
         return
+    num_labels = max(num_labels, 2)  # one class: a binary foreground mask (one output channel), values 0 and 1
     bad = (label >= num_labels) & (label != IGNORE_INDEX)
     if bad.any():
         values = np.unique(label[bad])

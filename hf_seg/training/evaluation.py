@@ -90,7 +90,9 @@ def evaluate_segmentation(
     the module docstring for distribution and memory; `sync_buffers` first gives every process rank 0's BatchNorm
     statistics (`broadcast_buffers`). `label_ids`: the data set's label-id table (e.g. "cityscapes"), applied as
     each label map is decoded, before reduce-labels."""
-    num_labels = model.config.num_labels
+    num_labels = max(model.config.num_labels, 2)  # one output channel (binary masks): background + foreground
+    if model.config.num_labels == 1 and id2label is not None and len(id2label) == 1:
+        id2label = {0: "background", 1: next(iter(dict(id2label).values()))}
     confusion = SegmentationConfusionMatrix(num_labels, ignore_index=ignore_index, reduce_labels=reduce_labels)
     rank, world_size = _distributed()
     if sync_buffers:

@@ -344,7 +344,9 @@ class LabelContract:
     def describe(self) -> str:
         names = list(self.id2label.values())
         shown = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ..., {names[-1]}"
-        return (f"{len(names)} classes ({shown}) from {self.source}; reduce_labels={self.reduce_labels} "
+        kind = (f"1 class ({shown}): binary masks, label 1 = {shown} and 0 = background, one output channel"
+                if len(names) == 1 else f"{len(names)} classes ({shown})")
+        return (f"{kind} from {self.source}; reduce_labels={self.reduce_labels} "
                 f"({self.reduce_labels_reason}); ignore index {self.ignore_index}"
                 + (f"; label ids mapped by the {self.label_ids!r} table" if self.label_ids else ""))
 

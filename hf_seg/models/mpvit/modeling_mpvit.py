@@ -494,14 +494,13 @@ class MPViTForSemanticSegmentation(MPViTPreTrainedModel):
             )
         if labels.is_floating_point():
             raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
-        ignore_index, num_labels = self.config.semantic_loss_ignore_index, self.config.num_labels
-        if num_labels < 2:
-            raise ValueError(f"the segmentation loss is a cross-entropy over num_labels >= 2 classes, got {num_labels}")
-        invalid = (labels != ignore_index) & ((labels < 0) | (labels >= num_labels))
+        ignore_index = self.config.semantic_loss_ignore_index
+        num_classes = max(self.config.num_labels, 2)  # one output channel (num_labels=1): binary masks, 0 / 1
+        invalid = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
         if invalid.any():
             bad = torch.unique(labels[invalid])[:10].tolist()
             raise ValueError(
-                f"labels hold values {bad} outside [0, {num_labels}) that are not the ignore index {ignore_index}"
+                f"labels hold values {bad} outside [0, {num_classes}) that are not the ignore index {ignore_index}"
             )
 
     @can_return_tuple
@@ -548,9 +547,17 @@ class MPViTForSemanticSegmentation(MPViTPreTrainedModel):
 
     def segmentation_loss(self, head_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of a head's logits resized to the label size, averaged over all pixels with ignored ones
-        counting 0 (mmsegmentation 0.11, the authors' fork). A crop that is all ignore index gives 0, not NaN."""
+        counting 0 (mmsegmentation 0.11, the authors' fork). A crop that is all ignore index gives 0, not NaN. With
+        one output channel (`num_labels=1`, binary masks) it is the sigmoid cross-entropy of the foreground (label 1),
+        averaged the same way, as transformers' Segformer does."""
         logits = F.interpolate(head_logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        losses = F.cross_entropy(logits, labels, ignore_index=self.config.semantic_loss_ignore_index, reduction="none")
+        ignore_index = self.config.semantic_loss_ignore_index
+        if logits.shape[1] == 1:
+            losses = F.binary_cross_entropy_with_logits(
+                logits.squeeze(1), (labels == 1).to(logits.dtype), reduction="none"
+            )
+            return (losses * (labels != ignore_index)).mean()
+        losses = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
         return losses.mean()
 
 

@@ -89,7 +89,9 @@ class SegformerMmsegForSemanticSegmentation(SegformerMmsegPreTrainedModel):
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*): class indices in
             `[0, num_labels)` or `config.semantic_loss_ignore_index`. The loss is the cross-entropy of the logits
-            resized bilinearly to the label size.
+            resized bilinearly to the label size. With `num_labels=1` (binary masks: labels 0 / 1) it is the sigmoid
+            cross-entropy of the foreground averaged over all pixels, ignored ones counting 0, as transformers'
+            Segformer computes it.
 
         Returns a `SemanticSegmenterOutput` whose `logits` are `(batch_size, num_labels, height / 4, width / 4)`.
         """
@@ -100,10 +102,20 @@ class SegformerMmsegForSemanticSegmentation(SegformerMmsegPreTrainedModel):
 
         loss = None
         if labels is not None:
-            if self.config.num_labels < 2:
-                raise ValueError(f"the loss is a cross-entropy over num_labels >= 2 classes, got {self.config.num_labels}")
+            ignore_index = self.config.semantic_loss_ignore_index
             upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
+            if self.config.num_labels == 1:
+                valid = labels != ignore_index
+                invalid = valid & ((labels < 0) | (labels > 1))
+                if invalid.any():
+                    raise ValueError(f"with num_labels=1 (binary masks) labels are 0, 1 or the ignore index "
+                                     f"{ignore_index}, got {torch.unique(labels[invalid])[:10].tolist()}")
+                losses = F.binary_cross_entropy_with_logits(
+                    upsampled.squeeze(1), (labels == 1).to(upsampled.dtype), reduction="none"
+                )
+                loss = (losses * valid).mean()
+            else:
+                loss = F.cross_entropy(upsampled, labels, ignore_index=ignore_index)
 
         return SemanticSegmenterOutput(
             loss=loss,

@@ -400,14 +400,13 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             )
         if labels.is_floating_point():
             raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
-        ignore_index, num_labels = self.config.semantic_loss_ignore_index, self.config.num_labels
-        if num_labels < 2:
-            raise ValueError(f"SETR's loss is a cross-entropy over num_labels >= 2 classes, got {num_labels}")
-        invalid = (labels != ignore_index) & ((labels < 0) | (labels >= num_labels))
+        ignore_index = self.config.semantic_loss_ignore_index
+        num_classes = max(self.config.num_labels, 2)  # one output channel (num_labels=1): binary masks, 0 / 1
+        invalid = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
         if invalid.any():
             bad = torch.unique(labels[invalid])[:10].tolist()
             raise ValueError(
-                f"labels hold values {bad} outside [0, {num_labels}) that are not the ignore index {ignore_index}"
+                f"labels hold values {bad} outside [0, {num_classes}) that are not the ignore index {ignore_index}"
             )
 
     @can_return_tuple
@@ -483,11 +482,16 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
     def segmentation_loss(self, head_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of a head's logits resized straight to the label size (one resize), averaged over all pixels
         with ignored ones counting 0, as in both SETR sources (mmsegmentation's `avg_non_ignore=False`). So a crop
-        that is all ignore index gives 0, not NaN."""
+        that is all ignore index gives 0, not NaN. With one output channel (`num_labels=1`, binary masks) it is the
+        sigmoid cross-entropy of the foreground (label 1), averaged the same way, as transformers' Segformer does."""
         logits = resize_bilinear(head_logits, tuple(labels.shape[-2:]))
-        losses = F.cross_entropy(
-            logits, labels, ignore_index=self.config.semantic_loss_ignore_index, reduction="none"
-        )
+        ignore_index = self.config.semantic_loss_ignore_index
+        if logits.shape[1] == 1:
+            losses = F.binary_cross_entropy_with_logits(
+                logits.squeeze(1), (labels == 1).to(logits.dtype), reduction="none"
+            )
+            return (losses * (labels != ignore_index)).mean()
+        losses = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
         return losses.mean()
 
 
