@@ -98,6 +98,11 @@ class RecipeArguments:
                           "'decode=ce+lovasz:0.5;aux=ce:0.4' (losses: ce, ohem, dice, lovasz, focal, bce; see the "
                           "README); default: the model's own cross-entropy"},
     )
+    class_weights: str | None = field(
+        default=None,
+        metadata={"help": "inverse_frequency or median_frequency: class weights from the training split's label maps, "
+                          "given to every loss term that takes them (printed, saved in recipe.json)"},
+    )
 
 
 def _explicit_fields(parser: HfArgumentParser, argv: list[str]) -> set[str]:
@@ -142,7 +147,7 @@ def _json(value, what):
 def recipe_overrides_from_args(recipe_args: RecipeArguments) -> dict:
     overrides = {
         key: value for key, value in dataclasses.asdict(recipe_args).items()
-        if key not in ("recipe", "custom_keys", "warmup_ratio_start") and value is not None
+        if key not in ("recipe", "custom_keys", "warmup_ratio_start", "class_weights") and value is not None
     }
     if recipe_args.warmup_ratio_start is not None:
         overrides["warmup_ratio"] = recipe_args.warmup_ratio_start
@@ -163,6 +168,13 @@ def train_main(argv: list[str] | None = None) -> int:
             parse_head_losses(recipe_args.loss)
         except LossSpecError as error:  # named wrong on the command line: exit 2 before anything is loaded
             print(f"hf-seg train: error: --loss: {error}", file=sys.stderr)
+            return 2
+    if recipe_args.class_weights is not None:
+        from .losses import CLASS_WEIGHT_METHODS
+
+        if recipe_args.class_weights not in CLASS_WEIGHT_METHODS:
+            print(f"hf-seg train: error: --class_weights must be one of {', '.join(CLASS_WEIGHT_METHODS)}, got "
+                  f"{recipe_args.class_weights!r}", file=sys.stderr)
             return 2
     processor = None
     if model_args.image_processor:
@@ -198,6 +210,7 @@ def train_main(argv: list[str] | None = None) -> int:
         resume_from_checkpoint=_resume_value(resume),
         do_eval=do_eval,
         allow_non_finite=data_args.allow_non_finite,
+        class_weights=recipe_args.class_weights,
     )
     if result.trainer.is_world_process_zero():
         from .evaluation import json_ready

@@ -50,6 +50,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -752,14 +753,94 @@ def parse_head_losses(spec: str | HeadLosses | LossSpec) -> HeadLosses:
     return HeadLosses(decode, auxiliary, tuple(sorted(per_auxiliary.items())))
 
 
+# --------------------------------------------------------------------------------------------------------- class weights
+
+CLASS_WEIGHT_METHODS = ("inverse_frequency", "median_frequency")
+
+
+def class_weights_from_counts(pixels: np.ndarray, image_pixels: np.ndarray, method: str) -> np.ndarray:
+    """Class weights from per-class pixel counts (`pixels[c]`) and the labelled pixels of the images holding class c
+    (`image_pixels[c]`). "inverse_frequency": `total / (num_present * pixels[c])` (the weighted mean over the
+    split's pixels is 1); "median_frequency" (Eigen & Fergus 2015): `median(freq) / freq[c]` with `freq[c] =
+    pixels[c] / image_pixels[c]`. A class absent from the split gets 1.0."""
+    if method not in CLASS_WEIGHT_METHODS:
+        raise ValueError(f"class weights: method must be one of {', '.join(CLASS_WEIGHT_METHODS)}, got {method!r}")
+    pixels, image_pixels = np.asarray(pixels, dtype=np.float64), np.asarray(image_pixels, dtype=np.float64)
+    present = pixels > 0
+    if not present.any():
+        raise ValueError("class weights: the split holds no labelled pixel")
+    weights = np.ones_like(pixels)
+    if method == "inverse_frequency":
+        weights[present] = pixels[present].sum() / (present.sum() * pixels[present])
+    else:
+        frequency = pixels[present] / image_pixels[present]
+        weights[present] = np.median(frequency) / frequency
+    return weights
+
+
+def class_weights_from_data(dataset, label_column: str, num_labels: int, method: str, reduce_labels: bool = False,
+                            label_ids: str | None = None, split: str = "train") -> list[float]:
+    """`class_weights_from_counts` over a split's label maps (each decoded once, counted with one `bincount`; after
+    the `label_ids` table and reduce-labels, the ignore index left out). Values outside the classes are refused."""
+    from tqdm.auto import tqdm
+
+    from ..data.labels import _label_array
+    from ..data.transforms import IGNORE_INDEX, reduce_zero_label
+
+    if num_labels < 2:
+        raise ValueError("class weights need num_labels >= 2; for binary masks give bce(pos_weight=...)")
+    pixels = np.zeros(num_labels, dtype=np.int64)
+    image_pixels = np.zeros(num_labels, dtype=np.int64)
+    column = dataset.select_columns([label_column]) if hasattr(dataset, "select_columns") else dataset
+    for index in tqdm(range(len(column)), desc=f"class weights: counting the {split} label maps", unit="map",
+                      disable=len(column) < 200):
+        label = _label_array(column[index][label_column], f"{split} example {index}", label_ids)
+        if reduce_labels:
+            label = reduce_zero_label(label)
+        values = label[label != IGNORE_INDEX].ravel().astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() >= num_labels):
+            bad = np.unique(values[(values < 0) | (values >= num_labels)])[:10].tolist()
+            raise ValueError(f"{split} example {index}: label values {bad} outside the {num_labels} classes")
+        counts = np.bincount(values, minlength=num_labels)
+        pixels += counts
+        image_pixels += (counts > 0) * values.size
+    return [round(float(weight), 6) for weight in class_weights_from_counts(pixels, image_pixels, method)]
+
+
+def with_class_weights(heads: HeadLosses, class_weight) -> HeadLosses:
+    """`heads` with `class_weight` given to every term that takes one (ce, ohem, lovasz, focal); a term that already
+    has class weights is refused (give them once)."""
+    values = tuple(float(value) for value in class_weight)
+
+    def weighted(spec: LossSpec) -> LossSpec:
+        terms = []
+        for term in spec.terms:
+            options = dict(term.options)
+            if "class_weight" in LOSSES[term.name].options:
+                if "class_weight" in options:
+                    raise ValueError(f"loss term {str(term)!r} has its own class_weight; computed class weights would "
+                                     "replace them: give one or the other")
+                options["class_weight"] = values
+            terms.append(LossTerm(term.name, term.weight, tuple(sorted(options.items()))))
+        return LossSpec(tuple(terms))
+
+    return HeadLosses(
+        weighted(heads.decode), None if heads.auxiliary is None else weighted(heads.auxiliary),
+        tuple((index, weighted(spec)) for index, spec in heads.per_auxiliary),
+    )
+
+
 __all__ = [
     "ALIASES",
+    "CLASS_WEIGHT_METHODS",
     "HeadLosses",
     "LOSSES",
     "LossSpec",
     "LossSpecError",
     "LossTerm",
     "binary_cross_entropy",
+    "class_weights_from_counts",
+    "class_weights_from_data",
     "cross_entropy",
     "dice_loss",
     "focal_loss",
@@ -769,4 +850,5 @@ __all__ = [
     "parse_head_losses",
     "parse_loss_spec",
     "segmentation_heads",
+    "with_class_weights",
 ]

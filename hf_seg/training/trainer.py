@@ -770,6 +770,7 @@ def train(
     dataset_kwargs: dict | None = None,
     allow_non_finite: bool = False,
     loss: str | None = None,
+    class_weights: str | None = None,
 ) -> TrainResult:
     """
     Fine-tune a segmentation model with `transformers.Trainer` and the papers' recipe, evaluate it with the papers'
@@ -803,7 +804,15 @@ def train(
         loss: the loss of each head, e.g. "ce:1.0+dice:3.0" or "decode=ohem(thresh=0.7);aux=ce:0.4"
             (`hf_seg.training.losses`; the recipe field `loss`); default: the recipe's, else the model's own
             cross-entropy. Saved in recipe.json and the model card.
+        class_weights: "inverse_frequency" or "median_frequency": class weights computed from the training split's
+            label maps (`hf_seg.training.losses.class_weights_from_data`), printed, given to every loss term that
+            takes them (the default loss becomes the model's cross-entropy with them) and saved in recipe.json.
     """
+    if class_weights is not None:
+        from .losses import CLASS_WEIGHT_METHODS
+
+        if class_weights not in CLASS_WEIGHT_METHODS:
+            raise ValueError(f"class_weights must be one of {', '.join(CLASS_WEIGHT_METHODS)}, got {class_weights!r}")
     if loss is not None:
         recipe_overrides = {**(recipe_overrides or {}), "loss": loss}
     if (recipe_overrides or {}).get("loss") is not None:
@@ -895,6 +904,23 @@ def train(
     recipe = _resolve_recipe(recipe, model, preset_name, recipe_overrides).replace(reduce_labels=reduce_labels)
     if recipe.auxiliary_loss_weight is not None and hasattr(model.config, "auxiliary_loss_weight"):
         model.config.auxiliary_loss_weight = recipe.auxiliary_loss_weight
+    computed_weights = None
+    if class_weights is not None:
+        from .losses import class_weights_from_data, parse_head_losses, with_class_weights
+
+        if data is None or not do_train:
+            raise ValueError("class_weights are computed from the training split: train needs a dataset")
+        computed_weights = class_weights_from_data(
+            data[train_split], info["label_column"], model.config.num_labels, class_weights, reduce_labels,
+            contract.label_ids, split=train_split,
+        )
+        names = [model.config.id2label[index] for index in range(model.config.num_labels)]
+        _say(f"class weights ({class_weights} of split {train_split!r}): "
+             + ", ".join(f"{name} {weight:.4g}" for name, weight in zip(names, computed_weights)))
+        # the default loss keeps the model's own averaging: transformers' Segformer over the labelled pixels only
+        default = "ce(avg_non_ignore=true)" if model_family(model) == "segformer" else "ce"
+        recipe = recipe.replace(loss=str(with_class_weights(parse_head_losses(recipe.loss or default),
+                                                            computed_weights)))
     if recipe.loss is not None:
         _say(f"loss: {recipe.loss} (auxiliary heads without their own spec: the decode head's terms x "
              f"{getattr(model.config, 'auxiliary_loss_weight', None) or 0.4})")
@@ -965,7 +991,10 @@ def train(
         with open(Path(args.output_dir) / "all_results.json", "w", encoding="utf-8") as handle:
             json.dump(json_ready(metrics), handle, indent=2)
         with open(Path(args.output_dir) / "recipe.json", "w", encoding="utf-8") as handle:
-            json.dump({**recipe.to_dict(), "labels": contract.to_dict(), "test_protocol": protocol}, handle, indent=2)
+            saved = {**recipe.to_dict(), "labels": contract.to_dict(), "test_protocol": protocol}
+            if computed_weights is not None:
+                saved["class_weights"] = {"method": class_weights, "split": train_split, "weights": computed_weights}
+            json.dump(saved, handle, indent=2)
         repo_id = (args.hub_model_id or Path(args.output_dir).name) if push_to_hub else None
         write_model_card(
             args.output_dir, trainer.model if not hasattr(trainer.model, "module") else trainer.model.module,
