@@ -25,6 +25,11 @@ implementation on the same inputs, values and gradients (`tests/test_losses.py`)
 - `binary_cross_entropy`: mmseg `CrossEntropyLoss(use_sigmoid=True)`; with one output channel the foreground is
   label 1 and it equals transformers' Segformer loss for `num_labels=1`.
 
+Where mmseg 1.x fails or has a slip, hf_seg does the evident intent instead: only ignored pixels give 0 (Lovász:
+mmseg returns an empty tensor or cannot stack); the Dice never drops the class channel whose index equals the ignore
+index (mmseg does, for models of more than 255 classes); one channel's Dice and focal targets are label 1 (mmseg's
+one-hot makes Dice's label 0; its CPU focal path reads the wrong one-hot column).
+
 One output channel (`num_labels=1`, binary foreground masks: labels 0 / 1 / ignore) works with `bce`, `dice`,
 `lovasz` (hinge) and `focal`; `ce` and `ohem` need two or more classes.
 
@@ -47,7 +52,7 @@ import contextlib
 import difflib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -753,7 +758,7 @@ def parse_head_losses(spec: str | HeadLosses | LossSpec) -> HeadLosses:
     return HeadLosses(decode, auxiliary, tuple(sorted(per_auxiliary.items())))
 
 
-# --------------------------------------------------------------------------------------------------------- class weights
+# ------------------------------------------------------------------------------------------------- class weights
 
 CLASS_WEIGHT_METHODS = ("inverse_frequency", "median_frequency")
 

@@ -7,7 +7,9 @@ What hf_seg adds to `Trainer` (`SegmentationTrainer`) is what the papers' recipe
 - the papers' evaluation protocol (keep-ratio test resize, whole or sliding-window inference, logits resized back and
   scored at the original label resolution) in place of `Trainer.evaluate`'s batched loop, which compares at the
   processed size (`evaluation.py`);
-- per-epoch reseeding of the seeded mmseg augmentations (`hf_seg.data.SegmentationTrainTransform`).
+- per-epoch reseeding of the seeded mmseg augmentations (`hf_seg.data.SegmentationTrainTransform`);
+- configurable losses per head (`losses.py`: mmseg 1.x's CE, OHEM, Dice, Lovász, focal and their sums), computed
+  from the heads' logits so that the model files stay plain.
 Everything else (mixed precision, gradient accumulation and checkpointing, checkpoints and `resume_from_checkpoint`,
 DDP / FSDP / DeepSpeed through `accelerate launch` or `torchrun`, logging) is `Trainer`'s own.
 """
