@@ -273,7 +273,10 @@ def test_head_losses_from_hooks_equal_the_models_own_loss(family):
         with parse_head_losses("decode=lovasz;aux0=focal:2;aux1=none").capture(model) as captured:
             model(pixel_values=pixel_values, labels=labels)
         expected = losses.lovasz_loss(logits[0], labels) + 2 * losses.focal_loss(logits[1], labels)
-        torch.testing.assert_close(captured.loss(labels), expected)
+        value = captured.loss(labels)
+        torch.testing.assert_close(value, expected)
+        value.backward()  # a head without a loss still gets (zero) gradients: DDP needs every parameter used
+        assert all(p.grad is not None and not p.grad.any() for p in model.auxiliary_heads[1].parameters())
 
 
 def test_trainer_uses_the_configured_loss(tmp_path):

@@ -620,7 +620,8 @@ class HeadLosses:
         return ";".join(sections)
 
     def head_specs(self, model) -> list[tuple[str, torch.nn.Module, LossSpec, float]]:
-        """`(name, module, spec, weight)` for every head of `model` whose logits get a loss."""
+        """`(name, module, spec, weight)` for every head of `model` (a spec without terms, `aux=none`, adds a zero
+        that keeps the head's parameters in the graph, as DDP needs)."""
         heads = segmentation_heads(model)
         decode, auxiliary = heads[0], heads[1:]
         per_auxiliary = dict(self.per_auxiliary)
@@ -642,11 +643,11 @@ class HeadLosses:
         num_labels = model.config.num_labels
         for name, _, spec, _ in specs:
             spec.check_num_labels(num_labels, f" ({name})")
-        return [spec for spec in specs if spec[2].terms]
+        return specs
 
     @contextlib.contextmanager
     def capture(self, model):
-        """Record the logits of the heads that get a loss during one forward pass (forward hooks, removed after)."""
+        """Record the heads' logits during one forward pass (forward hooks, removed after)."""
         specs = self.head_specs(model)
         captured: dict[str, list] = {name: [] for name, *_ in specs}
         handles = [
@@ -677,6 +678,10 @@ class _Captured:
                 raise RuntimeError(f"the head {name} ran {len(outputs)} times in one forward pass; expected once "
                                    "(were the labels passed to the model? SETR runs its auxiliary heads only then)")
             logits = _head_logits(outputs[0], name)
+            if not spec.terms:
+                value = logits.sum() * 0.0
+                total = value if total is None else total + value
+                continue
             if logits.shape[-2:] != labels.shape[-2:]:
                 logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
             value = weight * spec(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
