@@ -263,6 +263,10 @@ class EvaluateArguments:
     dtype: str | None = field(default=None, metadata={"help": "autocast dtype: bfloat16 or float16"})
     device: str | None = field(default=None, metadata={"help": "e.g. cuda; default: the local accelerator or cpu"})
     output_file: str | None = field(default=None, metadata={"help": "write the metrics as JSON here"})
+    save_confusion: str | None = field(
+        default=None, metadata={"help": "write the confusion matrix (JSON, with the class names) here, for "
+                                        "`hf-seg analyze confusion --confusion FILE`"}
+    )
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
@@ -289,7 +293,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         stride=args.stride,
         scales=args.scales, flip=args.flip, aug_test=args.aug_test,
         batch_size=args.batch_size, max_examples=args.max_examples, autocast_dtype=autocast_dtype,
-        device=args.device or str(state.device),
+        device=args.device or str(state.device), save_confusion=args.save_confusion,
     )
     if state.is_main_process:
         text = json.dumps(json_ready(metrics), indent=2)

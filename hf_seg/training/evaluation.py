@@ -83,13 +83,15 @@ def evaluate_segmentation(
     max_examples: int | None = None,
     sync_buffers: bool = True,
     label_ids: str | None = None,
+    return_confusion: bool = False,
 ) -> dict:
     """mIoU / mAcc / aAcc (fractions) of `model` on `dataset` (a `datasets.Dataset` with image and label columns),
     with mmsegmentation's test protocol. `scales` / `flip` / `min_short_side` are the multi-scale + flip test
     (`hf_seg.segment`'s: softmax probabilities averaged over every scale and flip, as the authors' `aug_test`). See
     the module docstring for distribution and memory; `sync_buffers` first gives every process rank 0's BatchNorm
     statistics (`broadcast_buffers`). `label_ids`: the data set's label-id table (e.g. "cityscapes"), applied as
-    each label map is decoded, before reduce-labels."""
+    each label map is decoded, before reduce-labels. `return_confusion`: return `(metrics, confusion)`, the summed
+    `SegmentationConfusionMatrix` too."""
     num_labels = max(model.config.num_labels, 2)  # one output channel (binary masks): background + foreground
     if model.config.num_labels == 1 and id2label is not None and len(id2label) == 1:
         id2label = {0: "background", 1: next(iter(dict(id2label).values()))}
@@ -130,7 +132,7 @@ def evaluate_segmentation(
     confusion.all_reduce()
     metrics = metrics_to_dict(confusion.compute(), id2label, per_category)
     metrics["num_examples"] = total
-    return metrics
+    return (metrics, confusion) if return_confusion else metrics
 
 
 def _clean(value):

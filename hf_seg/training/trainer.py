@@ -1049,7 +1049,7 @@ def evaluation_settings(protocol: dict, scales=None, flip: bool | None = None, a
     return settings
 
 
-def evaluate_model(
+def prepare_evaluation(
     model,
     dataset,
     *,
@@ -1065,18 +1065,13 @@ def evaluate_model(
     scales=None,
     flip: bool | None = None,
     aug_test: bool = False,
-    batch_size: int = 4,
-    max_examples: int | None = None,
-    autocast_dtype=None,
-    per_category: bool = True,
     device: str | None = None,
     **load_kwargs,
-) -> dict:
-    """`hf-seg evaluate`: a checkpoint (folder / Hub id / model) on a data set split with the papers' protocol
-    (the model's saved `config.test_protocol`; `aug_test=True` for its multi-scale + flip settings, or explicit
-    `scales` / `flip`). Under `torchrun` / `accelerate launch` each process takes its share and the confusion matrices
-    are summed. `label_ids` (a raw label-id table or "none"): default the model's saved `config.label_ids`, unless the
-    data's file names say otherwise (`hf_seg.data.datasets.evaluation_label_ids`)."""
+):
+    """`(model, processor, data, settings)` for evaluating a checkpoint (folder / Hub id / preset / model) on a data
+    set split: the loaded split (undecoded), the model on `device` and `evaluate_segmentation`'s keyword arguments
+    (columns, reduce-labels, label ids, ignore index, class names, test protocol) decided as `evaluate_model`
+    documents. `hf-seg evaluate` and `hf-seg robustness` both start here."""
     from .. import presets
     from ..data import load_segmentation_dataset
     from ..data.datasets import evaluation_label_ids
@@ -1110,12 +1105,63 @@ def evaluate_model(
     if line:
         _say(line)
     settings = evaluation_settings(test_protocol(model, preset_name, mode, crop_size, stride), scales, flip, aug_test)
-    return evaluate_segmentation(
-        model, processor, data, image_column=info["image_column"], label_column=info["label_column"],
-        reduce_labels=reduce_labels, batch_size=batch_size, autocast_dtype=autocast_dtype,
+    settings.update(
+        image_column=info["image_column"], label_column=info["label_column"], reduce_labels=reduce_labels,
         ignore_index=getattr(model.config, "semantic_loss_ignore_index", None) or 255, id2label=model.config.id2label,
-        per_category=per_category, max_examples=max_examples, label_ids=label_ids, **settings,
+        label_ids=label_ids,
     )
+    return model, processor, data, settings
+
+
+def evaluate_model(
+    model,
+    dataset,
+    *,
+    split: str = "validation",
+    image_processor=None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    reduce_labels: bool | None = None,
+    label_ids: str | None = None,
+    mode: str | None = None,
+    crop_size=None,
+    stride=None,
+    scales=None,
+    flip: bool | None = None,
+    aug_test: bool = False,
+    batch_size: int = 4,
+    max_examples: int | None = None,
+    autocast_dtype=None,
+    per_category: bool = True,
+    device: str | None = None,
+    save_confusion: str | None = None,
+    **load_kwargs,
+) -> dict:
+    """`hf-seg evaluate`: a checkpoint (folder / Hub id / model) on a data set split with the papers' protocol
+    (the model's saved `config.test_protocol`; `aug_test=True` for its multi-scale + flip settings, or explicit
+    `scales` / `flip`). Under `torchrun` / `accelerate launch` each process takes its share and the confusion matrices
+    are summed. `label_ids` (a raw label-id table or "none"): default the model's saved `config.label_ids`, unless the
+    data's file names say otherwise (`hf_seg.data.datasets.evaluation_label_ids`). `save_confusion`: also write the
+    summed confusion matrix there (JSON, `hf_seg.analysis.save_confusion_matrix`; for `hf-seg analyze confusion`)."""
+    model, processor, data, settings = prepare_evaluation(
+        model, dataset, split=split, image_processor=image_processor, image_column=image_column,
+        label_column=label_column, reduce_labels=reduce_labels, label_ids=label_ids, mode=mode, crop_size=crop_size,
+        stride=stride, scales=scales, flip=flip, aug_test=aug_test, device=device, **load_kwargs,
+    )
+    metrics, confusion = evaluate_segmentation(
+        model, processor, data, batch_size=batch_size, autocast_dtype=autocast_dtype, per_category=per_category,
+        max_examples=max_examples, return_confusion=True, **settings,
+    )
+    if save_confusion is not None:
+        from ..analysis import save_confusion_matrix
+        from .evaluation import _distributed
+
+        if _distributed()[0] == 0:
+            save_confusion_matrix(
+                save_confusion, confusion.matrix, model.config.id2label, ignore_index=confusion.ignore_index,
+                reduce_labels=confusion.reduce_labels, source={"split": split, "num_examples": metrics["num_examples"]},
+            )
+    return metrics
 
 
 __all__ = [
@@ -1126,6 +1172,7 @@ __all__ = [
     "build_model_and_processor",
     "build_training_arguments",
     "evaluate_model",
+    "prepare_evaluation",
     "push_folder_to_hub",
     "train",
     "write_model_card",
