@@ -94,6 +94,7 @@ def _parity_cases(mmseg):
         ("ohem thresh=0.7 min_kept=10", "ohem(thresh=0.7,min_kept=10)", _mmseg_ohem(mmseg, 0.7, 10), 5, True),
         ("ohem thresh=0.3 min_kept=5", "ohem(thresh=0.3,min_kept=5)", _mmseg_ohem(mmseg, 0.3, 5), 5, True),
         ("ohem top-k min_kept=10", "ohem(min_kept=10)", _mmseg_ohem(mmseg, None, 10), 5, True),
+        ("ohem min_kept > pixels", "ohem(thresh=0.5,min_kept=1000)", _mmseg_ohem(mmseg, 0.5, 1000), 5, True),
         ("ohem top-k class_weight", f"ohem(min_kept=7,class_weight={CLASS_WEIGHT})",
          _mmseg_ohem(mmseg, None, 7, class_weight=CLASS_WEIGHT), 5, False),
         ("dice", "dice", call(mmseg.DiceLoss()), 5, True),
