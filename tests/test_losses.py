@@ -154,6 +154,15 @@ def test_each_loss_equals_mmsegmentation(mmseg_losses, subtests):
     print("\nloss | max |dvalue| | max |dgrad|\n" + "\n".join(rows))
 
 
+def test_dice_with_ignored_pixels_masked_is_mmsegs_dice_without_those_pixels(mmseg_losses):
+    logits, labels = _inputs(ignored=False)
+    labels[:, :, -2:] = IGNORE  # the last two columns: cropped away for mmseg
+    for options in ({}, {"use_sigmoid": False, "naive_dice": True}):
+        value = losses.dice_loss(logits, labels, mask_ignored=True, **options)
+        expected = mmseg_losses.DiceLoss(**options)(logits[..., :-2], labels[..., :-2])
+        torch.testing.assert_close(value, expected)
+
+
 def test_default_ce_is_the_models_own_loss():
     """`ce` is bit-identical to SETR's / MPViT's `segmentation_loss` (mean over all pixels, ignored ones 0)."""
     logits, labels = _inputs()

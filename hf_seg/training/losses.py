@@ -16,7 +16,7 @@ implementation on the same inputs, values and gradients (`tests/test_losses.py`)
   without, the `min_kept * batch` pixels of largest loss. The mean still runs over all (or all labelled) pixels.
 - `dice_loss`: mmseg 1.x `DiceLoss`: sigmoid (default) or softmax probabilities, one V-Net (or naive) Dice per
   image over all classes and pixels together, mean over the batch. As in mmseg, an ignored pixel has no target class
-  but its probabilities still count.
+  but its probabilities still count (`mask_ignored=True` leaves them out).
 - `lovasz_loss`: mmseg `LovaszLoss(loss_type="multi_class")`, the Lovász-softmax over the labelled pixels of the
   batch (`per_image=False`) or of each image, averaged (`per_image=True`); classes "present", "all" or a list. With
   one output channel it is the binary Lovász hinge (`loss_type="binary"`). Sorted per (image,) class row at once.
@@ -176,11 +176,16 @@ def dice_loss(
     use_sigmoid: bool = True,
     naive_dice: bool = False,
     eps: float = 1e-3,
+    mask_ignored: bool = False,
 ) -> torch.Tensor:
-    """mmseg 1.x `DiceLoss` (see the module docstring). One output channel always uses the sigmoid."""
+    """mmseg 1.x `DiceLoss` (see the module docstring). One output channel always uses the sigmoid.
+    `mask_ignored=True` also leaves out the ignored pixels' probabilities (as if those pixels were cropped away;
+    segmentation_models_pytorch's Dice does so), which mmseg counts."""
     valid = labels != ignore_index
     num_classes = logits.shape[1]
     probabilities = logits.sigmoid() if use_sigmoid or num_classes == 1 else logits.softmax(dim=1)
+    if mask_ignored:
+        probabilities = probabilities * valid.unsqueeze(1)
     target = _one_hot(labels, num_classes, valid)
     probabilities, target = probabilities.flatten(1), target.flatten(1)
     overlap = (probabilities * target).sum(1)
@@ -398,6 +403,7 @@ LOSSES: dict[str, LossKind] = {
     }, binary=False),
     "dice": LossKind(dice_loss, {
         "use_sigmoid": _boolean, "naive_dice": _boolean, "eps": _number(low=0, low_open=True),
+        "mask_ignored": _boolean,
     }, binary=True),
     "lovasz": LossKind(lovasz_loss, {
         "per_image": _boolean, "classes": _lovasz_classes, "class_weight": _CLASS_WEIGHT,
