@@ -12,6 +12,7 @@ exit status: 2 for what was named wrong on the command line, 1 for what failed w
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import logging
@@ -461,9 +462,25 @@ def _export(args) -> int:
     return 0
 
 
-def _list(args) -> int:
+@functools.lru_cache(maxsize=None)
+def _parameter_counts(name: str) -> tuple[int, int]:
+    """(all parameters, those used at inference) of a preset, from a model built on the meta device without
+    initialisation (sizes only: no memory, no random numbers)."""
     import torch
+    from transformers.initialization import no_init_weights
 
+    from . import presets
+
+    with no_init_weights(), torch.device("meta"):
+        model = presets.create_model(name)
+    total = sum(p.numel() for p in model.parameters())
+    # training-only heads: SETR's `auxiliary_heads` (a list), UperNet's `auxiliary_head` (one, or None)
+    auxiliary_heads = [getattr(model, attribute, None) for attribute in ("auxiliary_heads", "auxiliary_head")]
+    auxiliary = sum(p.numel() for head in auxiliary_heads if head is not None for p in head.parameters())
+    return total, total - auxiliary
+
+
+def _list(args) -> int:
     from . import presets
 
     names = presets.list_models(args.family)
@@ -474,14 +491,10 @@ def _list(args) -> int:
     print(f"{'preset':42s} {'parameters':>14s} {'inference':>14s}  {'labels':18s} test protocol")
     for name in names:
         preset = presets.get_preset(name)
-        with torch.device("meta"):  # sizes only: no memory, no initialisation
-            model = presets.create_model(name)
-        total = sum(p.numel() for p in model.parameters())
-        auxiliary_heads = getattr(model, "auxiliary_heads", None) or torch.nn.ModuleList()
-        auxiliary = sum(p.numel() for p in auxiliary_heads.parameters())
+        total, inference = _parameter_counts(name)
         protocol = ", ".join(f"{key} {value}" for key, value in preset.inference.items())
-        label_set = preset.label_set or f"{model.config.num_labels} classes"
-        print(f"{name:42s} {total:>14,d} {total - auxiliary:>14,d}  {label_set:18s} {protocol}")
+        label_set = preset.label_set or f"{presets.create_config(name).num_labels} classes"
+        print(f"{name:42s} {total:>14,d} {inference:>14,d}  {label_set:18s} {protocol}")
     return 0
 
 

@@ -86,7 +86,8 @@ _SETR_DATASETS = {
 
 
 # The `*_MS.py` configs' MultiScaleFlipAug (MODELS.md §2.7): img_scale x these ratios, flipped too, each resized by
-# `setr_multi_scale` (short side = max(crop, scaled short side), long side unbounded); ADE20K Naive / MLA use three.
+# `setr_multi_scale` (short side = max(crop, scaled short side), long side unbounded; the crop is the protocol's, so
+# the rule follows a crop changed for training or evaluation); ADE20K Naive / MLA use three.
 _SIX_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 _SETR_AUG_SCALES = {("naive", "ade20k-512"): [0.5, 0.75, 1.0], ("mla", "ade20k-512"): [0.5, 0.75, 1.0]}
 
@@ -131,7 +132,7 @@ def _setr_preset(decoder: str, encoder: str, dataset: str) -> Preset:
         label_set=label_set,
         inference=dict(mode="slide", crop_size=crop, stride=stride, aug_test=dict(
             scales=_SETR_AUG_SCALES[(decoder, dataset)] if (decoder, dataset) in _SETR_AUG_SCALES else _SIX_RATIOS,
-            flip=True, min_short_side=crop,
+            flip=True, short_side_at_least_crop=True,
         )),
         recipe=_SETR_RECIPES.get((decoder, encoder, dataset)),
         note=_SETR_NOTES.get((decoder, encoder, dataset)),

@@ -95,7 +95,7 @@ def test_setr_multi_scale_rule_sets_the_short_side():
 
 def test_the_presets_carry_the_papers_aug_test_settings():
     assert hf_seg.create_config("setr-pup-vit-large-ade20k-512").test_protocol["aug_test"] == dict(
-        scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True, min_short_side=512)
+        scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True, short_side_at_least_crop=True)
     assert hf_seg.create_config("setr-naive-vit-large-ade20k-512").test_protocol["aug_test"]["scales"] == [
         0.5, 0.75, 1.0]
     assert hf_seg.create_config("segformer-b2-ade20k-512").test_protocol["aug_test"] == dict(
@@ -104,6 +104,8 @@ def test_the_presets_carry_the_papers_aug_test_settings():
     protocol = hf_seg.create_config("setr-mla-vit-large-cityscapes-768").test_protocol
     assert evaluation_settings(protocol) == dict(mode="slide", crop_size=768, stride=512)
     assert evaluation_settings(protocol, aug_test=True)["min_short_side"] == 768
+    # the rule is the protocol's crop, so it follows a crop changed for training / evaluation (a tiny model at 64)
+    assert evaluation_settings(dict(protocol, crop_size=64, stride=48), aug_test=True)["min_short_side"] == 64
     assert evaluation_settings(protocol, scales=[1.0, 2.0], flip=False) == dict(
         mode="slide", crop_size=768, stride=512, scales=[1.0, 2.0], flip=False)
     with pytest.raises(ValueError, match="no multi-scale \\+ flip settings"):

@@ -1041,7 +1041,14 @@ def evaluation_settings(protocol: dict, scales=None, flip: bool | None = None, a
         if not protocol.get("aug_test"):
             raise ValueError("the model's test protocol has no multi-scale + flip settings (aug_test); pass scales "
                              "and flip instead")
-        settings.update(protocol["aug_test"])
+        multi_scale = dict(protocol["aug_test"])
+        if multi_scale.pop("short_side_at_least_crop", False):  # SETR's `setr_multi_scale`: short side >= the crop
+            crop = settings.get("crop_size")
+            if crop is None:
+                raise ValueError("the test protocol's aug_test keeps each scale's short side at least the crop size, "
+                                 "but the protocol has no crop_size")
+            multi_scale["min_short_side"] = min(crop) if isinstance(crop, (list, tuple)) else int(crop)
+        settings.update(multi_scale)
     if scales is not None:
         settings["scales"] = list(scales)
     if flip is not None:
