@@ -5,9 +5,10 @@
   `hf-seg evaluate --save-confusion FILE`, or computed here) as a row-normalised heat map with the class names, the
   per-class IoU and accuracy as bars sorted by IoU, and the worst confused pairs; PNG + CSV.
 - **Effective receptive field** (`effective_receptive_field`, Luo et al. 2016 as in the SegFormer paper's figure): the
-  absolute input gradient of the centre position of each encoder stage's output (summed over its channels, and over
-  the input's colour channels), averaged over N images. One map per stage and one for the model's output (logits);
-  each is drawn divided by its own maximum, so every panel shares one colour scale.
+  absolute input gradient of the centre position of each encoder stage's output (its ReLU summed over the channels,
+  as RepLKNet's ERF code does: a LayerNorm'd output's plain channel sum is constant and would have no gradient;
+  summed over the input's colour channels too), averaged over N images. One map per stage and one for the model's
+  output (logits); each is drawn divided by its own maximum, so every panel shares one colour scale.
 - **Attention maps** (`attention_maps`): the attention weights of one query point, per transformer layer, through
   `output_attentions` (SETR's ViT layers, SegFormer's blocks, whose keys are the spatially reduced map). MPViT's
   factorized attention has no token-to-token matrix: `out_i = scale * q_i (softmax_N(K)^T V)` equals
@@ -381,7 +382,7 @@ def effective_receptive_field(
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """`{stage name: [size, size] float64 map}`: the absolute gradient of the centre position of each stage's output
-    (summed over its channels) with respect to the input pixels, summed over the colour channels and averaged over
+    (ReLU, summed over its channels) with respect to the input pixels, summed over the colour channels and averaged over
     `images` (each resized and centre-cropped to `size x size`; a `[3, H, W]` / `[1, 3, H, W]` tensor is used as it
     is). `feature_maps(pixel_values)` gives the stages (default: `encoder_feature_maps`); `stages` keeps those
     names only. The model is run in eval mode; its parameters get no gradient."""
@@ -613,8 +614,9 @@ def select_layers(count: int, asked: Sequence[int] | None = None, limit: int = 1
 
 def plot_attention(image, point: tuple[float, float], result: Mapping, path, layers: Sequence[int] | None = None,
                    title: str = "Attention of the query point") -> Path:
-    """The image with the query point, then one panel per layer: its weights (divided by the layer's largest
-    absolute weight) resized onto the image, over a grey copy of it; one colour bar."""
+    """The image with the query point, then one panel per layer: its weights (softmax attention: from the layer's
+    minimum to its maximum, printed in the title; MPViT's signed weights: divided by the largest absolute one)
+    resized onto the image (nearest: one block per key), over a grey copy of it; one colour bar."""
     Figure = _require_matplotlib()
     from PIL import Image
 
@@ -636,13 +638,18 @@ def plot_attention(image, point: tuple[float, float], result: Mapping, path, lay
     signed = bool(result.get("signed"))
     heat = None
     for ax, (name, weights) in zip(axes[1:], chosen):
-        largest = float(np.abs(weights).max()) or 1.0
-        scaled = weights / largest
+        if signed:  # effective weights: their sign matters, 0 stays the middle of the scale
+            scaled = weights / (float(np.abs(weights).max()) or 1.0)
+            span = f"|w| <= {np.abs(weights).max():.2g}"
+        else:  # softmax weights: the layer's own range, so that near-uniform attention still shows its structure
+            low, high = float(weights.min()), float(weights.max())
+            scaled = (weights - low) / (high - low) if high > low else np.zeros_like(weights)
+            span = f"{low:.2g} .. {high:.2g}"
         resized = np.asarray(Image.fromarray(scaled.astype(np.float32)).resize(image.size, Image.NEAREST))
         ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
         heat = ax.imshow(resized, cmap="coolwarm" if signed else "inferno", vmin=-1.0 if signed else 0.0, vmax=1.0,
                          alpha=0.7)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(f"{name}\n{span}", fontsize=9)
     for ax in axes[:count]:
         ax.plot([point[1]], [point[0]], marker="x", color="cyan", markersize=9, markeredgewidth=2)
         ax.set_xticks([])
@@ -651,7 +658,8 @@ def plot_attention(image, point: tuple[float, float], result: Mapping, path, lay
         ax.set_visible(False)
     if heat is not None:
         bar = fig.colorbar(heat, ax=list(axes[:count]), fraction=0.03, pad=0.01)
-        bar.set_label("effective weight / layer's largest |weight|" if signed else "attention / layer maximum")
+        bar.set_label("effective weight / layer's largest |weight|" if signed
+                      else "attention: layer minimum (0) to maximum (1)")
     fig.suptitle(f"{title} (y={point[0]:g}, x={point[1]:g})", fontsize=12)
     return _save(fig, path)
 

@@ -323,12 +323,15 @@ def _as_list(batch):
 @dataclass
 class RobustnessResult:
     """`runs`: `(corruption, severity)` in order; `metrics[run]`: mean_iou / mean_accuracy / overall_accuracy /
-    per_class_iou; `summary`: the paper's averages (`robustness_summary`); `settings`: what was evaluated how."""
+    per_class_iou; `summary`: the paper's averages (`robustness_summary`); `settings`: what was evaluated how;
+    `matrices[run]`: the summed [K, K] confusion matrix (reference x prediction pixel counts, e.g. for
+    `hf_seg.analysis.analyze_confusion`)."""
 
     runs: list[tuple[str, int]]
     metrics: dict[tuple[str, int], dict]
     summary: dict
     settings: dict = field(default_factory=dict)
+    matrices: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     def rows(self) -> list[dict]:
         """One row per corrupted run (16 x severities for all corruptions), the long table."""
@@ -482,7 +485,8 @@ def evaluate_robustness(
                 continue
     except ImportError:  # pragma: no cover
         pass
-    return RobustnessResult(runs, metrics, robustness_summary(metrics), described)
+    matrices = {run: matrix.numpy() for run, matrix in zip(runs, stacked)}
+    return RobustnessResult(runs, metrics, robustness_summary(metrics), described, matrices)
 
 
 # ------------------------------------------------------------------------------------------------- the reports
@@ -551,7 +555,7 @@ def plot_robustness(result: RobustnessResult, path, title: str | None = None) ->
         ax.set_xticks(SEVERITIES)
         ax.set_ylabel("mIoU (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="best")
     for ax in axes[len(categories):]:
         ax.set_visible(False)
     axes[0].set_ylim(bottom=0)

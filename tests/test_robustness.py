@@ -314,6 +314,42 @@ def test_workers_and_batch_sizes_give_the_same_numbers(tmp_path, cityscapes_mode
     assert one.to_dict()["rows"] == two.to_dict()["rows"] and one.to_dict()["clean"] == two.to_dict()["clean"]
 
 
+def _shapes_folder(root: Path, count=3, num_labels=5) -> Path:
+    """images/validation + annotations/validation with labels 0..num_labels-1 (the tiny models' classes)."""
+    rng = np.random.default_rng(1)
+    for folder in ("images", "annotations"):
+        (root / folder / "validation").mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        labels = np.kron(rng.integers(0, num_labels, (4, 4)), np.ones((8, 8), np.int64)).astype(np.uint8)
+        image = np.clip(labels[..., None] * 50 + rng.normal(0, 15, (32, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / "validation" / f"{index}.png")
+        Image.fromarray(labels).save(root / "annotations" / "validation" / f"{index}.png")
+    return root
+
+
+def test_every_family_and_the_shards_of_a_distributed_run(tmp_path, monkeypatch, subtests):
+    """SETR, SegFormer and MPViT through their own protocol; each process's shard (every world_size-th image) adds
+    up to the one-process matrices (the all_reduce itself is SegmentationConfusionMatrix's)."""
+    from tiny_models import tiny_mpvit, tiny_segformer, tiny_setr
+
+    import hf_seg.training.evaluation as evaluation
+
+    data = _shapes_folder(tmp_path / "shapes")
+    for name, build in (("setr", lambda: tiny_setr("naive")), ("segformer", tiny_segformer), ("mpvit", tiny_mpvit)):
+        with subtests.test(name):
+            kwargs = dict(corruptions=["fog"], severities=[2], progress=False)
+            whole = robustness.evaluate_robustness(build(), str(data), **kwargs)
+            assert whole.runs == [("clean", 0), ("fog", 2)] and whole.matrices[("fog", 2)].sum() == 3 * 32 * 32
+            shards = []
+            for rank in (0, 1):
+                monkeypatch.setattr(evaluation, "_distributed", lambda rank=rank: (rank, 2))
+                shards.append(robustness.evaluate_robustness(build(), str(data), **kwargs))
+            monkeypatch.undo()
+            for run in whole.runs:
+                assert np.array_equal(shards[0].matrices[run] + shards[1].matrices[run], whole.matrices[run])
+            assert shards[0].matrices[("fog", 2)].sum() == 2 * 32 * 32  # images 0 and 2 of 3
+
+
 def test_the_command_line_writes_the_reports(tmp_path, cityscapes_model, capsys):
     from hf_seg.cli import main
 
