@@ -511,6 +511,10 @@ _DELEGATED = {
     "evaluate": ("hf_seg.training", "evaluate_main", "compute mIoU / accuracy of a model on a dataset split"),
     "quickstart": ("hf_seg.training", "quickstart_main",
                    "train a tiny model on the bundled dataset on CPU in minutes, evaluate it, draw overlays"),
+    "robustness": ("hf_seg.robustness", "robustness_main",
+                   "mIoU under the 16 corruptions x severities of the SegFormer paper's Cityscapes-C table"),
+    "analyze": ("hf_seg.analysis", "analyze_main",
+                "confusion matrix, effective receptive fields or attention maps of a model, as PNG + CSV"),
 }
 _CONVERT = ("hf_seg.convert.cli", "main")  # main(family, argv, prog)
 FAMILIES = ("setr", "segformer", "mpvit")
