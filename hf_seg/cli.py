@@ -165,15 +165,19 @@ def load_model(name: str, trust_remote_code: bool = False, need_processor: bool 
 # ---------------------------------------------------------------------------------------------------------- images
 
 
-def _expand_images(inputs: list[str]) -> list[Path]:
-    """Files as given and the image files (by extension) inside given folders; refuses missing paths."""
+def _expand_images(inputs: list[str], recursive: bool = False) -> list[Path]:
+    """Files as given and the image files (by extension) inside given folders (and their subfolders when
+    `recursive`: Cityscapes keeps its images in one folder per city); refuses missing paths."""
     paths = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            candidates = path.rglob("*") if recursive else path.iterdir()
+            found = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
-                raise CliError(f"folder {item} holds no image files ({', '.join(IMAGE_EXTENSIONS)})", EXIT_USAGE)
+                hint = "" if recursive or not any(p.is_dir() for p in path.iterdir()) else \
+                    "; it has subfolders: pass --recursive to look into them"
+                raise CliError(f"folder {item} holds no image files ({', '.join(IMAGE_EXTENSIONS)}){hint}", EXIT_USAGE)
             paths.extend(found)
         elif path.is_file():
             paths.append(path)
@@ -364,7 +368,7 @@ def _predict(args) -> int:
         raise CliError(f"--scales must be positive, got {args.scales}", EXIT_USAGE)
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}", EXIT_USAGE)
-    images = _expand_images(args.images)
+    images = _expand_images(args.images, recursive=args.recursive)
     output_dir = Path(args.output_dir).expanduser()
     plan = _plan_outputs(images, output_dir, args.overlay, args.overwrite)
     for path in images:
@@ -595,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_arguments(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGES", help="image files, or folders of image files")
+    predict.add_argument("--recursive", action="store_true",
+                         help="also take the images in the folders' subfolders (the outputs stay flat, named after "
+                         "each image; two images of one name are refused)")
     predict.add_argument("--output-dir", required=True, help="folder for the outputs (created if missing)")
     predict.add_argument("--mode", choices=("whole", "slide"), default=None,
                          help="whole: one pass on the resized image; slide: overlapping windows, as SETR evaluates "

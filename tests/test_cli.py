@@ -1,6 +1,7 @@
 """The `hf-seg` command line (hf_seg.cli) and the pictures it draws (hf_seg.visualize)."""
 
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import types
@@ -140,6 +141,21 @@ def test_predict_writes_the_test_servers_formats(setr_folder, images, tmp_path, 
     assert status == 2
     _assert_one_line_error(err, "--format cityscapes needs a model of the 19 cityscapes classes", "has 150")
     assert not (tmp_path / "refused").exists()
+
+
+def test_predict_recursive_takes_the_subfolders_images(setr_folder, images, tmp_path, capsys):
+    """Cityscapes keeps its images in a folder per city: --recursive finds them, the outputs stay flat."""
+    for city in ("aachen", "bonn"):
+        (tmp_path / "in" / city).mkdir(parents=True)
+        shutil.copy(images / "wide.png", tmp_path / "in" / city / f"{city}_000000_leftImg8bit.png")
+    status, _, err = _run(capsys, "predict", "--model", setr_folder[0], tmp_path / "in", "--output-dir", tmp_path / "o")
+    assert status == 2
+    _assert_one_line_error(err, "holds no image files", "pass --recursive")
+    status, out, err = _run(capsys, "predict", "--model", setr_folder[0], tmp_path / "in", "--output-dir",
+                            tmp_path / "o", "--recursive")
+    assert status == 0, err
+    assert sorted(path.name for path in (tmp_path / "o").iterdir()) == [
+        "aachen_000000_leftImg8bit.png", "bonn_000000_leftImg8bit.png"]
 
 
 def test_predict_with_a_preset_name_warns_that_weights_are_random(images, tmp_path, capsys, monkeypatch):

@@ -639,3 +639,14 @@ else:
                 "(needs `import hf_seg` or trust_remote_code); torchvision is absent here, so every test above "
                 "already runs without it"
             )
+
+
+def test_one_channel_logits_post_process_to_foreground_where_the_sigmoid_exceeds_a_half():
+    """A binary model (num_labels=1, sigmoid loss): 1 where the logit is positive, 0 elsewhere (not an argmax of one
+    channel, which is 0 everywhere)."""
+    processor = SetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}, size_divisor=16)
+    logits = torch.randn(1, 1, 32, 48, generator=torch.Generator().manual_seed(0))
+    (plain,) = processor.post_process_semantic_segmentation(logits)
+    assert torch.equal(plain, (logits[0, 0] > 0).long()) and 0 < plain.sum() < plain.numel()
+    (resized,) = processor.post_process_semantic_segmentation(logits, target_sizes=[(32, 48)])
+    assert torch.equal(resized, (logits[0, 0] > 0).long())

@@ -100,6 +100,12 @@ def _describe(array) -> str:
     return f"shape {tuple(array.shape)}, dtype {array.dtype}"
 
 
+def label_map_from_scores(scores: torch.Tensor) -> torch.Tensor:
+    """`(num_labels, h, w)` logits -> `(h, w)` class ids: the argmax, or for one channel (a binary model, trained
+    with a sigmoid loss) foreground 1 where the sigmoid exceeds 0.5, as `hf_seg.segment` decides it."""
+    return scores.argmax(dim=0) if scores.shape[0] > 1 else (scores[0] > 0).long()
+
+
 class SetrImageProcessor(PilBackend):
     r"""
     Constructs a SETR image processor (PIL / NumPy backend) that reproduces mmsegmentation's test pipeline.
@@ -631,7 +637,7 @@ class SetrImageProcessor(PilBackend):
         if target_sizes is None:
             results = [
                 SemanticSegmentationPostProcessorOutput(
-                    data={"segmentation": logits[i].argmax(dim=0), "segmentation_scores": logits[i]}
+                    data={"segmentation": label_map_from_scores(logits[i]), "segmentation_scores": logits[i]}
                 )
                 for i in range(logits.shape[0])
             ]
@@ -676,7 +682,7 @@ class SetrImageProcessor(PilBackend):
             region = logits[index : index + 1, :, :resized_h, :resized_w]
             scores = F.interpolate(region, size=target, mode="bilinear", align_corners=False)[0]
             results.append(
-                SemanticSegmentationPostProcessorOutput(data={"segmentation": scores.argmax(dim=0),
+                SemanticSegmentationPostProcessorOutput(data={"segmentation": label_map_from_scores(scores),
                                                               "segmentation_scores": scores})
             )
         return results
