@@ -515,8 +515,7 @@ def test_setr_from_a_transformers_deit_drops_the_distillation_token(tmp_path):
 def test_setr_hybrid_from_a_transformers_resnet_and_vit(tmp_path):
     """The hybrid takes two checkpoints: the ResNet fills its backbone (every key), the ViT the transformer (every key
     but the patch embedding, which the hybrid does not have); the 1x1 projection keeps its initialisation."""
-    resnet_config = ResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32], embedding_size=8,
-                                 out_features=["stage4"])
+    resnet_config = ResNetConfig(out_features=["stage4"])  # ResNet-50 (random weights), the hybrid's backbone
     ResNetForImageClassification(resnet_config).save_pretrained(tmp_path / "resnet")
     vit = ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                              image_size=64, patch_size=16, layer_norm_eps=1e-6)).eval()
