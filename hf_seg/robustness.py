@@ -411,11 +411,14 @@ def evaluate_robustness(
 
     runs = plan_runs(corruptions, severities, noise_severities)
     _corruptions_module()  # fail before loading anything when the package is missing
+    rank, world_size = _distributed()
     if save_corrupted is not None:
         save_corrupted = Path(save_corrupted)
         if save_corrupted.exists() and (not save_corrupted.is_dir() or any(save_corrupted.iterdir())):
             raise FileExistsError(f"--save-corrupted {save_corrupted}: exists and is not an empty folder; name a new "
                                   f"one")
+        if world_size > 1:  # every process has looked before any writes
+            torch.distributed.barrier()
     model, processor, data, settings = prepare_evaluation(
         model, dataset, split=split, image_processor=image_processor, image_column=image_column,
         label_column=label_column, reduce_labels=reduce_labels, label_ids=label_ids, mode=mode, crop_size=crop_size,
@@ -426,7 +429,6 @@ def evaluate_robustness(
     num_labels = model.config.num_labels
     confusions = [SegmentationConfusionMatrix(num_labels, settings["ignore_index"], settings["reduce_labels"])
                   for _ in runs]
-    rank, world_size = _distributed()
     broadcast_buffers(model)
     total = len(data) if max_examples is None else min(len(data), max_examples)
     split_data = CorruptedSplit(data, settings["image_column"], settings["label_column"], settings["label_ids"], runs,
@@ -648,10 +650,15 @@ def robustness_main(argv: list[str] | None = None) -> int:
         plan_runs(args.corruptions, args.severities, args.noise_severities)
     except ValueError as error:
         raise SystemExit(f"hf-seg robustness: {error}") from error
-    state = PartialState()
+    from .training.evaluation import _distributed
+
+    state = PartialState()  # initialises torch.distributed under torchrun / accelerate launch
+    # torch.distributed's rank, not state.is_main_process: accelerate reports one process (DistributedType.NO) for a
+    # CPU torchrun whose process group it has initialised, and every process would write the reports
+    rank, world_size = _distributed()
     workers = args.num_workers
     if workers is None:
-        workers = min(8, max(1, (os.cpu_count() or 1) // max(1, state.num_processes)))
+        workers = min(8, max(1, (os.cpu_count() or 1) // world_size))
     if workers < 0:
         raise SystemExit(f"--num_workers must be >= 0, got {workers}")
     result = evaluate_robustness(
@@ -662,7 +669,7 @@ def robustness_main(argv: list[str] | None = None) -> int:
         reduce_labels=args.reduce_labels, label_ids=args.label_ids, mode=args.mode, crop_size=args.crop_size,
         stride=args.stride,
     )
-    if state.is_main_process:
+    if rank == 0:
         files = write_reports(result, args.output_dir, plot=not args.no_plot)
         print(format_tables(result))
         for path in files.values():

@@ -209,6 +209,12 @@ def test_evaluate_save_confusion_feeds_analyze(tmp_path, capsys):
     labels = [np.asarray(Image.open(p)).astype(np.int64) for p in data.rglob("*_gtFine_labelIds.png")]
     assert matrix.sum() == sum(int((apply_label_ids(label, "cityscapes") != 255).sum()) for label in labels)
 
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", "--help"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage: hf-seg analyze")
+    with pytest.raises(SystemExit, match="give either --confusion FILE or --model and --dataset"):
+        main(["analyze", "confusion", "--output-dir", str(tmp_path / "x")])
+
     image = tmp_path / "image.png"
     Image.fromarray(np.full((48, 80, 3), 128, np.uint8)).save(image)
     assert main(["analyze", "attention", "--model", str(folder), "--image", str(image), "--point", "10", "20",

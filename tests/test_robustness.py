@@ -366,6 +366,9 @@ def test_the_command_line_writes_the_reports(tmp_path, cityscapes_model, capsys)
                                                                              ("contrast", 4)]
     assert (out / "robustness.png").stat().st_size > 10_000
 
+    with pytest.raises(SystemExit) as exit_info:
+        main(["robustness", "--help"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage: hf-seg robustness")
     with pytest.raises(SystemExit, match="unknown corruption 'fogg'; did you mean 'fog'"):
         main(command[:-10] + ["--corruptions", "fogg"])
     assert main(command[:-10] + ["--save-corrupted", str(data)]) == 1  # not a new folder
