@@ -405,9 +405,11 @@ def effective_receptive_field(
                 pixels = prepare_pixels(image, processor, size, square=True)
             pixels = pixels.to(device=device, dtype=torch.float32).clone().requires_grad_(True)
             with torch.enable_grad():
-                maps = [(name, m) for name, m in feature_maps(pixels) if stages is None or name in stages]
-                if not maps:
-                    raise ValueError(f"none of the stages {list(stages or [])} is among the model's")
+                maps = feature_maps(pixels)
+                unknown = [name for name in (stages or ()) if name not in [n for n, _ in maps]]
+                if unknown:
+                    raise ValueError(f"stages {unknown} are not the model's; it has {[n for n, _ in maps]}")
+                maps = [(name, m) for name, m in maps if stages is None or name in stages]
                 for position, (name, feature) in enumerate(maps):
                     h, w = feature.shape[-2:]
                     centre = torch.relu(feature[:, :, h // 2, w // 2]).sum()  # RepLKNet's ERF code: the ReLU

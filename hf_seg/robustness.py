@@ -21,6 +21,24 @@ noise ones 1-3 as the paper (following Kamann & Rother 2020) reports them.
 - **Distributed.** Under `torchrun` / `accelerate launch` each process takes every `world_size`-th image of every
   run and the confusion matrices of all runs are summed with one `all_reduce`.
 
+Where this differs from Hendrycks' `make_imagenet_c.py` (written for 224 x 224 crops), all of it imagecorruptions'
+doing and what the segmentation robustness literature (Michaelis et al., Kamann & Rother) runs:
+
+- motion blur, and the snow layer's streaks: ImageMagick's `MotionBlurImage` through Wand in the reference; here
+  its NumPy reimplementation: the same one-sided Gaussian kernel of width 2 * radius + 1 and the same whole-pixel
+  offsets along the angle (`ceil(i * sin / hypot - 0.5)`), borders repeated rather than ImageMagick's virtual pixels,
+  and the kernel cut (not renormalised) where it would leave the image; the snow layer is rounded to 8 bits where
+  the reference round-trips it through a PNG (the same quantisation).
+- frost: the reference crops 224 x 224 from one of its six frost photographs (shipped with the package); here the
+  photograph is first scaled (bicubic, 1.1 x the factor that makes it cover the image) so a crop covers any size,
+  which makes the ice coarser on large images.
+- fog: the plasma fractal is made at the next power of two above the image's longer side (256 in the reference)
+  and cropped, so its structure grows with the image.
+- glass blur: the reference's loop, `x[h, w], x[h', w'] = x[h', w'], x[h, w]` on NumPy views, is not a swap (each
+  visited pixel takes its source's current value); `glass_blur` here computes exactly that, vectorised.
+- the reference draws from NumPy's unseeded global state; here every image's draw is seeded (see above), so the
+  exact pixels of the SegFormer authors' Cityscapes-C (never released) cannot be reproduced, only its definition.
+
 The summary is the paper's: per corruption the mean mIoU over its severities, per category the mean of its
 corruptions', and the mean over all corruptions (with its ratio to the clean mIoU, the "retention").
 """
@@ -265,13 +283,17 @@ class CorruptedSplit(torch.utils.data.Dataset):
         run, slot = divmod(position, len(self.indices))
         index = self.indices[slot]
         name, severity = self.runs[run]
-        row = self.data[index]
-        image, label, _ = decode_example(row[self.image_column], row[self.label_column], index, self.label_ids)
-        if (name, severity) != CLEAN:
-            key = image_key(row[self.image_column], index)
-            image = corrupt_image(image, name, severity, self.seed, key)
-            if self.save_dir is not None:
-                self._save(image, row, index, key, self.save_dir / name / str(severity))
+        try:
+            row = self.data[index]
+            image, label, _ = decode_example(row[self.image_column], row[self.label_column], index, self.label_ids)
+            if (name, severity) != CLEAN:
+                key = image_key(row[self.image_column], index)
+                image = corrupt_image(image, name, severity, self.seed, key)
+                if self.save_dir is not None:
+                    self._save(image, row, index, key, self.save_dir / name / str(severity))
+        except (ValueError, OSError) as error:  # handed to the main process as a message: a DataLoader worker's
+            # exception reaches it wrapped in the worker's traceback text
+            return {"run": run, "index": index, "error": f"{name} severity {severity}: {error}"}
         return {"run": run, "index": index, "image": image, "label": label}
 
     def _save(self, image: np.ndarray, row, index: int, key: str, folder: Path) -> None:
@@ -444,6 +466,9 @@ def evaluate_robustness(
     model.eval()
     try:
         for batch in loader:
+            for item in batch:
+                if "error" in item:
+                    raise ValueError(item["error"])
             predictions = segment(model, processor, [item["image"] for item in batch], batch_size=batch_size,
                                   autocast_dtype=autocast_dtype, **protocol)
             for item, prediction in zip(batch, predictions):

@@ -121,6 +121,10 @@ def test_effective_receptive_field_of_a_conv_stack_is_its_receptive_field(tmp_pa
         assert (values[centre - j: centre + j + 1, centre - j: centre + j + 1] > 0).all()
         assert analysis.erf_extent(values, 1.0) == 2 * j + 1
     assert all(p.requires_grad for p in model.parameters())  # left as they were
+    only = analysis.effective_receptive_field(model, images[:1], feature_maps=model.stages, stages=["conv 2"])
+    assert list(only) == ["conv 2"]
+    with pytest.raises(ValueError, match="stages \\['conv 9'\\] are not the model's; it has \\['conv 1', "):
+        analysis.effective_receptive_field(model, images[:1], feature_maps=model.stages, stages=["conv 2", "conv 9"])
     path = analysis.plot_receptive_fields(erf, tmp_path / "erf.png", "conv stack")
     assert path.stat().st_size > 5_000
 

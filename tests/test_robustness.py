@@ -369,6 +369,15 @@ def test_the_command_line_writes_the_reports(tmp_path, cityscapes_model, capsys)
     with pytest.raises(SystemExit) as exit_info:
         main(["robustness", "--help"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage: hf-seg robustness")
+    small = tmp_path / "small"  # 16 x 32 images: below the corruptions' 32 x 32, named from a worker
+    for folder in ("images/validation", "annotations/validation"):
+        (small / folder).mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(small / "images" / "validation" / "a.png")
+    Image.fromarray(np.zeros((16, 32), np.uint8)).save(small / "annotations" / "validation" / "a.png")
+    with pytest.raises(ValueError, match="^fog severity 1: the corruptions need images of at least 32 x 32 pixels, "
+                                         "got 16 x 32 \\(a.png\\)$"):
+        robustness.evaluate_robustness(str(cityscapes_model), str(small), corruptions=["fog"], severities=[1],
+                                       num_workers=1, progress=False, reduce_labels=False, label_ids="none")
     with pytest.raises(SystemExit, match="unknown corruption 'fogg'; did you mean 'fog'"):
         main(command[:-10] + ["--corruptions", "fogg"])
     assert main(command[:-10] + ["--save-corrupted", str(data)]) == 1  # not a new folder
