@@ -26,9 +26,10 @@ doing and what the segmentation robustness literature (Michaelis et al., Kamann 
 
 - motion blur, and the snow layer's streaks: ImageMagick's `MotionBlurImage` through Wand in the reference; here
   its NumPy reimplementation: the same one-sided Gaussian kernel of width 2 * radius + 1 and the same whole-pixel
-  offsets along the angle (`ceil(i * sin / hypot - 0.5)`), borders repeated rather than ImageMagick's virtual pixels,
-  and the kernel cut (not renormalised) where it would leave the image; the snow layer is rounded to 8 bits where
-  the reference round-trips it through a PNG (the same quantisation).
+  offsets along the angle (`ceil(i * sin / hypot - 0.5)`), borders repeated (ImageMagick's default "edge" virtual
+  pixels), computed in float64 instead of ImageMagick's 16-bit quanta; only where an offset would reach past the
+  whole image is the kernel cut (not renormalised). The snow layer is rounded to 8 bits where the reference
+  round-trips it through a PNG (the same quantisation).
 - frost: the reference crops 224 x 224 from one of its six frost photographs (shipped with the package); here the
   photograph is first scaled (bicubic, 1.1 x the factor that makes it cover the image) so a crop covers any size,
   which makes the ice coarser on large images.
