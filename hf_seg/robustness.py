@@ -449,7 +449,11 @@ def evaluate_robustness(
     )
     protocol = {key: settings[key] for key in ("mode", "crop_size", "stride", "scales", "flip", "min_short_side")
                 if key in settings}
-    num_labels = model.config.num_labels
+    # one output channel (a binary mask) scores background and foreground, as evaluate_segmentation does
+    num_labels = max(model.config.num_labels, 2)
+    classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if model.config.num_labels == 1:
+        classes = ["background", *classes]
     confusions = [SegmentationConfusionMatrix(num_labels, settings["ignore_index"], settings["reduce_labels"])
                   for _ in runs]
     broadcast_buffers(model)
@@ -499,7 +503,7 @@ def evaluate_robustness(
     described = {
         "model": str(getattr(model, "name_or_path", "") or type(model).__name__), "dataset": str(dataset),
         "split": split, "num_examples": total, "seed": int(seed), "protocol": _json_safe(protocol),
-        "classes": [model.config.id2label[i] for i in range(num_labels)],
+        "classes": classes,
         "corruptions_package": f"imagecorruptions {getattr(module, '__version__', '')}".strip(),
     }
     try:

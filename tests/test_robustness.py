@@ -334,8 +334,19 @@ def test_every_family_and_the_shards_of_a_distributed_run(tmp_path, monkeypatch,
 
     import hf_seg.training.evaluation as evaluation
 
+    def binary():  # one output channel: foreground where the sigmoid exceeds 0.5
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+        torch.manual_seed(0)
+        return SegformerForSemanticSegmentation(SegformerConfig(
+            depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 16, 16], num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=8,
+            num_labels=1, id2label={0: "shape"})).eval()
+
     data = _shapes_folder(tmp_path / "shapes")
-    for name, build in (("setr", lambda: tiny_setr("naive")), ("segformer", tiny_segformer), ("mpvit", tiny_mpvit)):
+    for name, build in (("setr", lambda: tiny_setr("naive")), ("segformer", tiny_segformer), ("mpvit", tiny_mpvit),
+                        ("binary segformer", binary)):
+        if name == "binary segformer":
+            data = _shapes_folder(tmp_path / "masks", num_labels=2)
         with subtests.test(name):
             kwargs = dict(corruptions=["fog"], severities=[2], progress=False)
             whole = robustness.evaluate_robustness(build(), str(data), **kwargs)
