@@ -208,6 +208,11 @@ def test_evaluate_save_confusion_feeds_analyze(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"mIoU {100 * metrics['mean_iou']:.2f}" in printed
     assert (tmp_path / "analysis" / "confusion_matrix.png").is_file()
+    assert main(["analyze", "confusion", "--model", str(folder), "--dataset", str(data), "--output-dir",
+                 str(tmp_path / "computed")]) == 0  # computed here: the same numbers
+    assert f"mIoU {100 * metrics['mean_iou']:.2f}" in capsys.readouterr().out
+    assert (tmp_path / "computed" / "confusion_matrix.csv").read_text() == \
+        (tmp_path / "analysis" / "confusion_matrix.csv").read_text()
     matrix, names, meta = analysis.load_confusion_matrix(tmp_path / "confusion.json")
     assert len(names) == 19 and names[0] == "road" and meta["source"]["num_examples"] == 2
     labels = [np.asarray(Image.open(p)).astype(np.int64) for p in data.rglob("*_gtFine_labelIds.png")]
