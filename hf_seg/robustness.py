@@ -270,8 +270,10 @@ class CorruptedSplit(torch.utils.data.Dataset):
     def _common_root(self) -> Path | None:
         """The folder the split's image and label files share (the data set's root), None when any has no path."""
         paths = []
-        for column in (self.image_column, self.label_column):
-            for value in self.data[column]:
+        columns = [self.image_column, self.label_column]
+        rows = self.data.select_columns(columns) if hasattr(self.data, "select_columns") else self.data
+        for row in rows:  # row by row: a column of embedded images is never read whole
+            for value in (row[column] for column in columns):
                 path = _path_of(value)
                 if path is None or (isinstance(value, dict) and value.get("bytes") is not None):
                     return None
