@@ -504,8 +504,8 @@ def _list(args) -> int:
 
 def _list_and_hint(args) -> int:
     status = _list(args)
-    print(f"\ncommands: predict, export, train, evaluate, quickstart, convert, list; `{PROG} --help` explains them",
-          file=sys.stderr)
+    print(f"\ncommands: predict, export, train, evaluate, robustness, analyze, quickstart, convert, list; "
+          f"`{PROG} --help` explains them", file=sys.stderr)
     return status
 
 
