@@ -342,6 +342,29 @@ def test_full_train_pipeline_matches_mmseg(mmseg, monkeypatch):
     assert worst <= 16.0 and np.mean(means) < 0.5, (worst, np.mean(means))
 
 
+def test_the_train_transform_resizes_only_the_crop_window_with_the_full_resizes_values():
+    """The transform resizes only the crop window of the image and of the label map; every output equals the crop of
+    the full RandomResize (bilinear image, nearest label) followed by the same draws, bit for bit, up- or down-scaled,
+    crop smaller or larger than the resized image."""
+    rng = np.random.default_rng(11)
+    for seed, (height, width), scale, crop in [(0, (48, 64), (96, 32), (40, 40)), (1, (60, 44), (200, 80), (64, 48)),
+                                               (2, (70, 90), (40, 20), (32, 32)), (3, (33, 47), (64, 48), (16, 24))]:
+        image, label = _textured(rng, height, width), _label(rng, height, width)
+        transform = SegmentationTrainTransform(crop_size=crop, scale=scale, num_labels=5)
+        pixels, labels = transform.apply(image, label.astype(np.int64), np.random.default_rng(seed))
+        draws = np.random.default_rng(seed)
+        full_image, full_label = random_resize(image, label, sample_resize_scale(draws, scale, (0.5, 2.0)))
+        y1, y2, x1, x2 = random_crop_bbox(draws, full_label, crop, 0.75)
+        window, window_label = full_image[y1:y2, x1:x2], full_label[y1:y2, x1:x2]
+        if draws.random() < 0.5:
+            window, window_label = window[:, ::-1], window_label[:, ::-1]
+        window = photometric_distortion(draws, np.ascontiguousarray(window))
+        expected = (torch.from_numpy(window).float() - torch.tensor(transform.mean)) / torch.tensor(transform.std)
+        h, w = window_label.shape
+        torch.testing.assert_close(pixels[:, :h, :w], expected.permute(2, 0, 1), rtol=0, atol=0)
+        np.testing.assert_array_equal(labels[:h, :w].numpy(), window_label)
+
+
 # ------------------------------------------------------------------------------------------------ transform API
 
 

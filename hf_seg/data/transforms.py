@@ -36,6 +36,7 @@ __all__ = [
     "random_resize",
     "rescale_size",
     "resize_image",
+    "resize_image_window",
     "resize_label",
     "random_crop_bbox",
     "photometric_distortion",
@@ -87,11 +88,56 @@ def resize_label(label: np.ndarray, height: int, width: int) -> np.ndarray:
     return label[rows[:, None], cols[None, :]]
 
 
+class LazyNearestResize:
+    """A label map's nearest-neighbour resize (`resize_label`) computed only where it is sliced: the crop draws of
+    `random_crop_bbox` read a few crop windows of the resized map, never the whole of it."""
+
+    def __init__(self, label: np.ndarray, height: int, width: int):
+        self.label, self.shape = label, (height, width)
+        self.rows, self.columns = _nearest_indices(label.shape[0], height), _nearest_indices(label.shape[1], width)
+
+    def __getitem__(self, window: tuple[slice, slice]) -> np.ndarray:
+        rows, columns = window
+        return self.label[self.rows[rows][:, None], self.columns[columns][None, :]]
+
+
 def sample_resize_scale(rng: np.random.Generator, scale: tuple[int, int], ratio_range: tuple[float, float]):
     """mmcv ``RandomResize._random_sample_ratio``: ``scale * U(ratio_range)``, truncated to int."""
     low, high = ratio_range
     ratio = rng.random() * (high - low) + low
     return int(scale[0] * ratio), int(scale[1] * ratio)
+
+
+def _bilinear_taps(in_size: int, out_size: int, start: int, stop: int):
+    """Source rows (or columns) and weights of output positions `start..stop-1` of a bilinear resize from `in_size` to
+    `out_size` (half-pixel centres, no antialiasing: PyTorch's and OpenCV's rule, in float32)."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    position = (np.arange(start, stop, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    position = np.maximum(position, np.float32(0.0))
+    low = np.minimum(position.astype(np.int64), in_size - 1)
+    return low, np.minimum(low + 1, in_size - 1), (position - low).astype(np.float32)
+
+
+def resize_image_window(image: np.ndarray, height: int, width: int, rows: slice, columns: slice) -> np.ndarray:
+    """`resize_image(image, height, width)[rows, columns]`, computed from only the source pixels that window reads:
+    the training crop is a fraction of the resized image (a fifth at ratio 2), so this does a fraction of the work.
+    Separable: the rows are interpolated first, then the columns, in float32, rounded to uint8 (the same values as
+    `resize_image` in the tests, which is within one grey level of OpenCV's fixed-point bilinear)."""
+    if image.shape[:2] == (height, width):
+        return image[rows, columns]
+    y1, y2, _ = rows.indices(height)
+    x1, x2, _ = columns.indices(width)
+    top, bottom, row_weight = _bilinear_taps(image.shape[0], height, y1, y2)
+    left, right, column_weight = _bilinear_taps(image.shape[1], width, x1, x2)
+    first, last = int(left[0]), int(right[-1]) + 1
+    source = torch.from_numpy(np.ascontiguousarray(image[:, first:last]))
+    upper = source.index_select(0, torch.from_numpy(top)).float()
+    lower = source.index_select(0, torch.from_numpy(bottom)).float()
+    vertical = upper.add_(lower.sub_(upper).mul_(torch.from_numpy(row_weight)[:, None, None]))
+    west = vertical.index_select(1, torch.from_numpy(left - first))
+    east = vertical.index_select(1, torch.from_numpy(right - first))
+    out = west.add_(east.sub_(west).mul_(torch.from_numpy(column_weight)[None, :, None]))
+    return out.round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
 def random_resize(image, label, target_scale: tuple[int, int]):
@@ -111,7 +157,8 @@ def random_crop_bbox(
     ignore_index: int = IGNORE_INDEX,
     retries: int = 10,
 ) -> tuple[int, int, int, int]:
-    """mmseg ``RandomCrop.crop_bbox``: ``(y1, y2, x1, x2)``; up to ``retries`` redraws while one class dominates."""
+    """mmseg ``RandomCrop.crop_bbox``: ``(y1, y2, x1, x2)``; up to ``retries`` redraws while one class dominates.
+    ``label`` is an array or anything with ``shape`` and 2-D slicing (`LazyNearestResize`)."""
     margin_h = max(label.shape[0] - crop_size[0], 0)
     margin_w = max(label.shape[1] - crop_size[1], 0)
 
@@ -171,35 +218,46 @@ _HSCALE = np.float32(6.0) / np.float32(180.0)
 _INV255 = np.float32(1.0) / np.float32(255.0)
 
 
+def _hsv_to_rgb_factors() -> np.ndarray:
+    """`(256, 256, 3)` float32: for each (hue, saturation) the factor of V in R, G and B, as OpenCV's float path
+    forms it: 1, ``1 - s``, or ``1 - s*frac`` / ``1 - s*(1 - frac)`` fused (one rounding: the float64 product of two
+    float32 values is exact), picked per hue sector. A table of 64k entries, so that a conversion is one lookup and
+    two multiplications per pixel instead of the per-pixel sector arithmetic."""
+    h = np.arange(256, dtype=np.float32)[:, None] * _HSCALE
+    s = np.arange(256, dtype=np.float32)[None, :] * _INV255
+    pre = np.trunc(h)
+    frac = h - pre
+    sector = pre.astype(np.int64)[:, 0] % 6
+    one = np.float32(1.0)
+    s64 = s.astype(np.float64)
+    q = (1.0 - s64 * frac).astype(np.float32)
+    t = (1.0 - s64 * (one - frac)).astype(np.float32)
+    table = np.stack(np.broadcast_arrays(np.ones_like(q), one - s, q, t), axis=-1)  # [v, p, q, t] / v
+    bgr = np.take_along_axis(table, _SECTOR[sector][:, None, :], axis=-1)
+    return np.ascontiguousarray(bgr[..., ::-1])  # b, g, r -> r, g, b
+
+
+_HSV_TO_RGB_FACTORS = _hsv_to_rgb_factors()
+
+
 def hsv_to_rgb_uint8(hsv: np.ndarray, tail_block: int = 32) -> np.ndarray:
     """
     OpenCV ``COLOR_HSV2RGB`` on uint8 (hue range 180) as its vectorised x86 path (AVX2 + FMA builds, e.g. the
     opencv-python wheels) computes it: float32 arithmetic, S and V scaled by 1/255, sector from the truncated hue,
-    ``1 - s*h`` fused (one rounding), result times 255 *truncated* to uint8.
+    ``1 - s*h`` fused (one rounding), V times that factor, times 255 *truncated* to uint8.
 
     OpenCV converts row by row, and the last ``width % tail_block`` pixels of every row go through its scalar loop,
     which rounds instead of truncating. ``tail_block=32`` (4 AVX2 widths, the default) reproduces that; 0 truncates
     everywhere (the difference is at most 1 grey level on those few pixels).
     """
-    h = hsv[..., 0].astype(np.float32) * _HSCALE
-    s = hsv[..., 1].astype(np.float32) * _INV255
     v = hsv[..., 2].astype(np.float32) * _INV255
-    pre = np.trunc(h)
-    frac = h - pre
-    sector = pre.astype(np.int64) % 6
-    one = np.float32(1.0)
-    s64 = s.astype(np.float64)
-    # fused multiply-add: 1 - s*frac rounded once (the float64 product of two float32 values is exact)
-    q = (1.0 - s64 * frac).astype(np.float32)
-    t = (1.0 - s64 * (one - frac)).astype(np.float32)
-    tab = np.stack([v, v * (one - s), v * q, v * t], axis=-1)
-    bgr = np.take_along_axis(tab, _SECTOR[sector], axis=-1) * np.float32(255.0)
-    out = np.clip(np.trunc(bgr), 0, 255).astype(np.uint8)
+    rgb = (v[..., None] * _HSV_TO_RGB_FACTORS[hsv[..., 0], hsv[..., 1]]) * np.float32(255.0)
+    out = np.clip(np.trunc(rgb), 0, 255).astype(np.uint8)
     if tail_block and hsv.ndim == 3:
         tail = hsv.shape[1] % tail_block
         if tail:
-            out[:, -tail:] = np.clip(np.rint(bgr[:, -tail:]), 0, 255).astype(np.uint8)
-    return out[..., ::-1].copy()  # b, g, r -> r, g, b
+            out[:, -tail:] = np.clip(np.rint(rgb[:, -tail:]), 0, 255).astype(np.uint8)
+    return out
 
 
 def photometric_distortion(
@@ -458,9 +516,13 @@ class SegmentationTrainTransform(_BadExampleMixin):
         if self.reduce_labels:
             label = reduce_zero_label(label)
         check_label_values(label, self.num_labels, index, name, self.reduce_labels)
-        image, label = random_resize(image, label, sample_resize_scale(rng, self.scale, self.ratio_range))
-        y1, y2, x1, x2 = random_crop_bbox(rng, label, self.crop_size, self.cat_max_ratio)
-        image, label = image[y1:y2, x1:x2], label[y1:y2, x1:x2]
+        # RandomResize + RandomCrop: the crop is drawn on the resized label map, and only that window of the image is
+        # resized (the result is the crop of the resized image)
+        height, width = rescale_size(*label.shape[:2], sample_resize_scale(rng, self.scale, self.ratio_range))
+        resized_label = LazyNearestResize(label, height, width)
+        y1, y2, x1, x2 = random_crop_bbox(rng, resized_label, self.crop_size, self.cat_max_ratio)
+        image = resize_image_window(image, height, width, slice(y1, y2), slice(x1, x2))
+        label = resized_label[y1:y2, x1:x2]
         if rng.random() < self.flip_prob:
             image, label = image[:, ::-1], label[:, ::-1]
         if self.photometric:
