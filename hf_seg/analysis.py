@@ -562,7 +562,8 @@ def attention_maps(model, image, point: tuple[float, float], processor=None, siz
                 return {"pixel_values_size": (height, width), "signed": True,
                         "maps": _mpvit_attention(model, pixels, scaled_point, (height, width))}
             with _with_eager_attention(model):
-                outputs = model(pixel_values=pixels, output_attentions=True, return_dict=True)
+                outputs = model(pixel_values=pixels, output_attentions=True, output_hidden_states=True,
+                                return_dict=True)
             attentions = [a for a in (getattr(outputs, "attentions", None) or ()) if a is not None]
             if not attentions:
                 raise ValueError(f"the model ({type(model).__name__}) returns no attention weights with "
@@ -577,9 +578,7 @@ def attention_maps(model, image, point: tuple[float, float], processor=None, siz
                     maps.append((f"layer {layer}", row.reshape(grid).float().cpu().numpy()))
             elif model_type == "segformer":
                 config = model.config
-                with _with_eager_attention(model):
-                    grids = [tuple(h.shape[-2:]) for h in model(pixel_values=pixels, output_hidden_states=True,
-                                                                 return_dict=True).hidden_states]
+                grids = [tuple(h.shape[-2:]) for h in outputs.hidden_states]  # each stage's query grid
                 position = 0
                 for stage, (depth, grid, sr) in enumerate(zip(config.depths, grids, config.sr_ratios)):
                     keys = (grid[0] // sr, grid[1] // sr) if sr > 1 else grid  # the reduction: a stride-sr conv
