@@ -178,7 +178,8 @@ def test_error_paths_name_the_problem(tiny_presets, setr_checkpoint, tmp_path, c
     err = _error_case(tmp_path, capsys, checkpoint, preset="tiny-segformer", family="segformer")
     assert "not a SegFormer / MiT checkpoint in any known layout" in err
     err = _error_case(tmp_path, capsys, checkpoint, preset="setr-pup-vit-huge")
-    assert "unknown preset 'setr-pup-vit-huge' for convert_setr.py; valid names: setr-mla-vit-large-ade20k-512" in err
+    assert "unknown preset 'setr-pup-vit-huge' for convert_setr.py; valid names: setr-mla-deit-base-ade20k-512" in err
+    assert "Did you mean 'setr-pup-vit-large-ade20k-512'" in err
 
 
 def test_file_errors(tiny_presets, setr_checkpoint, tmp_path, capsys):
