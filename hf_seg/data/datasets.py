@@ -216,11 +216,15 @@ def describe_label_ids(label_ids: str, source: str) -> str:
 def detect_label_ids(dataset, label_column: str, id2label: Mapping[int, str] | None, split: str = "train",
                      max_maps: int = 8) -> tuple[str, str] | None:
     """``(table name, reason)`` when ``dataset``'s classes are a table's label set and one of up to ``max_maps``
-    evenly spaced label maps holds a value above the classes' range other than 255; else None."""
+    evenly spaced label maps (a stream's first ``max_maps``) holds a value above the classes' range other than 255;
+    else None."""
+    from datasets import IterableDataset
+
     from ..labels import load_label_set
     from .labels import _label_array
 
-    if not id2label or len(dataset) == 0:
+    streamed = isinstance(dataset, IterableDataset)
+    if not id2label or (not streamed and len(dataset) == 0):
         return None
     names = [id2label[index] for index in sorted(id2label)]
     tables = [table for table in LABEL_ID_TABLES.values() if table.detect_above is not None and any(
@@ -228,16 +232,21 @@ def detect_label_ids(dataset, label_column: str, id2label: Mapping[int, str] | N
     if not tables:
         return None
     column = dataset.select_columns([label_column]) if hasattr(dataset, "select_columns") else dataset
-    picks = sorted({int(i) for i in np.linspace(0, len(column) - 1, num=min(max_maps, len(column)))})
+    if streamed:
+        rows = enumerate(column.take(max_maps))
+    else:
+        picks = sorted({int(i) for i in np.linspace(0, len(column) - 1, num=min(max_maps, len(column)))})
+        rows = ((index, column[index]) for index in picks)
     highest = -1
-    for index in picks:
-        label = _label_array(column[index][label_column], f"{split} example {index}")
+    for index, row in rows:
+        label = _label_array(row[label_column], f"{split} example {index}")
         values = label[label != 255]
         if values.size:
             highest = max(highest, int(values.max()))
+    maps = f"the first {max_maps} label maps of split {split!r} hold" if streamed else f"split {split!r} holds"
     for table in tables:
         if highest > table.detect_above:
-            return table.name, (f"the value range: split {split!r} holds label values up to {highest}, above the "
+            return table.name, (f"the value range: {maps} label values up to {highest}, above the "
                                 f"{table.detect_above + 1} classes' 0..{table.detect_above}")
     return None
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import datasets
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from datasets import Image as ImageFeature
 
 from .datasets import (
@@ -19,6 +19,7 @@ from .datasets import (
     label_ids_from_file_names,
 )
 from .labels import find_class_names
+from .transforms import add_index_column
 
 IMAGE_COLUMN_NAMES = ("image", "pixel_values", "img", "images")
 LABEL_COLUMN_NAMES = (
@@ -26,6 +27,9 @@ LABEL_COLUMN_NAMES = (
 )
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
+#: shards of a local split read as a stream: enough for the processes and DataLoader workers of a node to read
+#: disjoint shards (accelerate gives each process whole shards when there are at least as many as processes)
+LOCAL_STREAM_SHARDS = 64
 
 __all__ = ["load_segmentation_dataset", "SegmentationDatasetInfo"]
 
@@ -109,6 +113,7 @@ def load_segmentation_dataset(
     id2label=None,
     decode: bool = True,
     label_ids: str | None = None,
+    streaming: bool = False,
     **load_dataset_kwargs,
 ):
     """
@@ -139,9 +144,15 @@ def load_segmentation_dataset(
     the hf_seg transforms then decode each file themselves, so an unreadable or truncated file becomes a
     ``ValueError`` naming the example and file (or is skipped with ``on_bad_example="skip"``) instead of an error
     inside ``datasets``.
+
+    ``streaming=True`` returns ``IterableDataset`` / ``IterableDatasetDict`` splits, for the sets too large to
+    download first: a Hub id is loaded with ``load_dataset(..., streaming=True)``; a local split is read as a stream
+    of up to `LOCAL_STREAM_SHARDS` shards carrying each example's index (``__index__``), so that it draws the same
+    augmentations as the map-style split. A stream passed in is used as it is. Class names and label ids are found
+    as above, the value range from a stream's first label maps.
     """
     label_ids = check_label_ids(label_ids)
-    in_memory = isinstance(source, (Dataset, DatasetDict))
+    in_memory = isinstance(source, (Dataset, DatasetDict, IterableDataset, IterableDatasetDict))
     path = None if in_memory else Path(source)
     layout = file_evidence = None
     if in_memory:
@@ -165,10 +176,12 @@ def load_segmentation_dataset(
             raise FileNotFoundError(f"dataset folder {source} does not exist")
         if split is not None:
             load_dataset_kwargs.setdefault("split", split)
-        data = datasets.load_dataset(str(source), **load_dataset_kwargs)
+        data = datasets.load_dataset(str(source), **{"streaming": streaming, **load_dataset_kwargs})
     where = "the data set" if in_memory else str(source)
     if isinstance(data, Dataset):
         data = DatasetDict({split or "train": data})
+    elif isinstance(data, IterableDataset):
+        data = IterableDatasetDict({split or "train": data})
     if split is not None:
         if split not in data:
             raise ValueError(f"Split {split!r} not found in {where}; available: {list(data)}.")
@@ -177,8 +190,20 @@ def load_segmentation_dataset(
     else:
         parts = dict(data)
     for name, part in parts.items():
-        if len(part) == 0:
+        if isinstance(part, IterableDataset):
+            if part.features is None:  # a stream whose source declares no features: read them from its first example
+                part = parts[name] = part._resolve_features()
+            if next(iter(part.decode(False).take(1)), None) is None:
+                raise ValueError(f"Split {name!r} of {where} is empty (the stream yields no example).")
+        elif len(part) == 0:
             raise ValueError(f"Split {name!r} of {where} is empty.")
+        elif streaming:
+            parts[name] = add_index_column(part).to_iterable_dataset(num_shards=min(len(part), LOCAL_STREAM_SHARDS))
+    streamed = any(isinstance(part, IterableDataset) for part in parts.values())
+    if streamed and split is None:
+        data = IterableDatasetDict(parts)
+    elif streamed:
+        data = parts[split]
     first = next(iter(parts.values()))
     image_col = _detect_column(first, image_column, IMAGE_COLUMN_NAMES, "image")
     label_col = _detect_column(first, label_column, LABEL_COLUMN_NAMES, "label", exclude=image_col)
@@ -189,7 +214,7 @@ def load_segmentation_dataset(
             for column in (image_col, label_col):
                 if isinstance(parts[name].features.get(column), ImageFeature):
                     parts[name] = parts[name].cast_column(column, ImageFeature(decode=False))
-        data = parts[split] if split is not None else DatasetDict(parts)
+        data = parts[split] if split is not None else (IterableDatasetDict if streamed else DatasetDict)(parts)
     labels = find_class_names(None if in_memory else source, first, label_col, id2label, layout=layout)
     if label_ids is not None:
         chosen = (None if label_ids == NO_LABEL_IDS else label_ids, "asked")

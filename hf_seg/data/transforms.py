@@ -14,6 +14,7 @@ not depend on DataLoader worker count or order.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ __all__ = [
     "rgb_to_hsv_uint8",
     "hsv_to_rgb_uint8",
     "example_rng",
+    "content_key",
 ]
 
 
@@ -52,6 +54,23 @@ __all__ = [
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of one example: independent streams for every ``(seed, epoch, index)``."""
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]))
+
+
+def content_key(*values) -> int:
+    """A 64-bit key of an example's encoded files (their bytes, else their paths, else the arrays): the same wherever
+    and whenever the example is read, so that a streamed example (whose position changes with the shuffle buffer,
+    the shards and the processes) always draws the same augmentations in the same epoch."""
+    digest = hashlib.blake2b(digest_size=8)
+    for value in values:
+        if isinstance(value, dict):
+            value = value.get("bytes") or value.get("path") or b""
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        elif not isinstance(value, (bytes, bytearray)):
+            value = np.ascontiguousarray(np.asarray(value)).tobytes()
+        digest.update(len(value).to_bytes(8, "little"))
+        digest.update(value)
+    return int.from_bytes(digest.digest(), "little")
 
 
 # ------------------------------------------------------------------------------------------------ resize
@@ -458,7 +477,8 @@ class SegmentationTrainTransform(_BadExampleMixin):
 
     Output: ``pixel_values`` float32 (3, crop_h, crop_w) tensors and ``labels`` int64 (crop_h, crop_w) tensors.
     Example indices come from ``index_column`` when the batch has it (``add_index_column`` adds one); otherwise from
-    a per-worker call counter (deterministic for a fixed DataLoader setup). ``set_epoch`` changes every draw.
+    the example's files (``seed_by_content=True``: `content_key`, for streams, whose order changes) or a per-worker
+    call counter (deterministic for a fixed DataLoader setup). ``set_epoch`` changes every draw.
     Skipped examples (``on_bad_example="skip"``) yield ``None`` entries, which ``collate_segmentation`` drops; the
     count is warned about once by ``set_epoch`` / ``report()`` (per process: each DataLoader worker counts its own).
     ``mean`` / ``std`` are on the 0..255 scale (mmseg); values all ≤ 1 are taken as 0..1-scale and multiplied by 255.
@@ -486,8 +506,10 @@ class SegmentationTrainTransform(_BadExampleMixin):
         index_column: str = "__index__",
         on_bad_example: str = "raise",
         label_ids: str | None = None,
+        seed_by_content: bool = False,
     ):
         self.label_ids = label_ids
+        self.seed_by_content = seed_by_content
         self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(int(c) for c in crop_size)
         self.scale = tuple(int(s) for s in scale)
         self.ratio_range = tuple(float(r) for r in ratio_range)
@@ -553,6 +575,9 @@ class SegmentationTrainTransform(_BadExampleMixin):
             if indices is not None:
                 index = int(indices[position])
                 fallback = None
+            elif self.seed_by_content:
+                index = f"streamed example (no {self.index_column!r} column for dataset indices)"
+                fallback = content_key(image, label)
             else:
                 index = f"example at batch position {position} (no {self.index_column!r} column for dataset indices)"
                 fallback = (1 << 40) + (worker << 32) + self._calls
