@@ -7,7 +7,10 @@ resizes the logits back to the **original** label size and scores there. So `eva
 `hf_seg.segment` image by image (whole / slide, keep-ratio test resize, logits resized back) and adds each original
 label map to a `SegmentationConfusionMatrix`; nothing but one image's logits and the [K, K] matrix is ever held.
 With `torch.distributed` initialised each process takes every `world_size`-th image and the matrices are summed with
-one `all_reduce`, so every process returns the metrics of the whole set (equal to a one-process run).
+one `all_reduce`, so every process returns the metrics of the whole set (equal to a one-process run). A streamed split
+(an `IterableDataset`) is read once in order and split across processes by `datasets.distributed.split_dataset_by_node`
+(whole shards when their number divides by the processes, else every `world_size`-th example): each example is scored
+on exactly one process.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+from datasets import IterableDataset
 
 from ..data.transforms import decode_example
 from ..inference import segment
@@ -85,13 +89,13 @@ def evaluate_segmentation(
     label_ids: str | None = None,
     return_confusion: bool = False,
 ) -> dict:
-    """mIoU / mAcc / aAcc (fractions) of `model` on `dataset` (a `datasets.Dataset` with image and label columns),
-    with mmsegmentation's test protocol. `scales` / `flip` / `min_short_side` are the multi-scale + flip test
-    (`hf_seg.segment`'s: softmax probabilities averaged over every scale and flip, as the authors' `aug_test`). See
-    the module docstring for distribution and memory; `sync_buffers` first gives every process rank 0's BatchNorm
-    statistics (`broadcast_buffers`). `label_ids`: the data set's label-id table (e.g. "cityscapes"), applied as
-    each label map is decoded, before reduce-labels. `return_confusion`: return `(metrics, confusion)`, the summed
-    `SegmentationConfusionMatrix` too."""
+    """mIoU / mAcc / aAcc (fractions) of `model` on `dataset` (a `datasets.Dataset` with image and label columns, or
+    a streamed `IterableDataset`), with mmsegmentation's test protocol. `scales` / `flip` / `min_short_side` are the
+    multi-scale + flip test (`hf_seg.segment`'s: softmax probabilities averaged over every scale and flip, as the
+    authors' `aug_test`). See the module docstring for distribution and memory; `sync_buffers` first gives every
+    process rank 0's BatchNorm statistics (`broadcast_buffers`). `label_ids`: the data set's label-id table (e.g.
+    "cityscapes"), applied as each label map is decoded, before reduce-labels. `return_confusion`: return
+    `(metrics, confusion)`, the summed `SegmentationConfusionMatrix` too."""
     num_labels = max(model.config.num_labels, 2)  # one output channel (binary masks): background + foreground
     if model.config.num_labels == 1 and id2label is not None and len(id2label) == 1:
         id2label = {0: "background", 1: next(iter(dict(id2label).values()))}
@@ -99,17 +103,24 @@ def evaluate_segmentation(
     rank, world_size = _distributed()
     if sync_buffers:
         broadcast_buffers(model)
-    total = len(dataset) if max_examples is None else min(len(dataset), max_examples)
-    indices = list(range(rank, total, world_size))
+    if isinstance(dataset, IterableDataset):
+        total, batches = None, _stream_batches(dataset, rank, world_size, batch_size, max_examples)
+    else:
+        total = len(dataset) if max_examples is None else min(len(dataset), max_examples)
+        indices = list(range(rank, total, world_size))
+        chunks = (indices[start : start + batch_size] for start in range(0, len(indices), batch_size))
+        batches = ((chunk, dataset.select(chunk) if hasattr(dataset, "select") else [dataset[i] for i in chunk])
+                   for chunk in chunks)
+    scored = 0
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            rows = dataset.select(chunk) if hasattr(dataset, "select") else [dataset[i] for i in chunk]
+        for chunk, rows in batches:
+            scored += len(chunk)
             images, labels = [], []
             for index, row in zip(chunk, rows):
-                image, label, _ = decode_example(row[image_column], row[label_column], index, label_ids)
+                where = index if total is not None or world_size == 1 else f"example {index} of process {rank}'s share"
+                image, label, _ = decode_example(row[image_column], row[label_column], where, label_ids)
                 images.append(image)
                 labels.append(torch.from_numpy(np.ascontiguousarray(label)))
             predictions = segment(
@@ -131,8 +142,41 @@ def evaluate_segmentation(
         model.train(was_training)
     confusion.all_reduce()
     metrics = metrics_to_dict(confusion.compute(), id2label, per_category)
-    metrics["num_examples"] = total
+    metrics["num_examples"] = total if total is not None else _summed_over_processes(scored)
     return (metrics, confusion) if return_confusion else metrics
+
+
+def _stream_batches(dataset, rank: int, world_size: int, batch_size: int, max_examples: int | None):
+    """`(positions, rows)` of this process's share of a stream, `batch_size` at a time, in the stream's order (on one
+    process the same batches as a map-style split). `max_examples`: the stream's first ones, split example by
+    example (splitting shards would take a part of every shard instead)."""
+    from datasets.distributed import split_dataset_by_node
+
+    stream = dataset if max_examples is None else dataset.take(max_examples)
+    if world_size > 1:
+        stream = split_dataset_by_node(stream, rank=rank, world_size=world_size,
+                                       strategy="auto" if max_examples is None else "examples")
+    chunk, rows = [], []
+    for position, row in enumerate(stream):
+        chunk.append(position)
+        rows.append(row)
+        if len(chunk) == batch_size:
+            yield chunk, rows
+            chunk, rows = [], []
+    if chunk:
+        yield chunk, rows
+
+
+def _summed_over_processes(count: int) -> int:
+    """`count` summed over the processes (torch.distributed; itself when not initialised)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return count
+    device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(dist.get_backend()).lower() else "cpu"
+    total = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return int(total.item())
 
 
 def _clean(value):
