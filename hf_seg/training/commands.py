@@ -62,6 +62,16 @@ class DataArguments:
         default=False, metadata={"help": "evaluate with the preset's multi-scale + flip settings (the papers' MS+flip)"}
     )
     max_eval_examples: int | None = field(default=None)
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "read the splits as streams (datasets' streaming=True), for sets too large to download "
+                          "first; needs --max_steps; each process reads its own shards"},
+    )
+    shuffle_buffer_size: int = field(
+        default=1000,
+        metadata={"help": "with --streaming: examples in the seeded shuffle buffer (reshuffled every pass; 0: the "
+                          "stream's order)"},
+    )
     per_class_metrics: bool = field(
         default=False, metadata={"help": "print per-class IoU and accuracy too (all_results.json always has them)"}
     )
@@ -211,6 +221,8 @@ def train_main(argv: list[str] | None = None) -> int:
         do_eval=do_eval,
         allow_non_finite=data_args.allow_non_finite,
         class_weights=recipe_args.class_weights,
+        streaming=data_args.streaming,
+        shuffle_buffer_size=data_args.shuffle_buffer_size,
     )
     if result.trainer.is_world_process_zero():
         from .evaluation import json_ready
@@ -260,6 +272,10 @@ class EvaluateArguments:
     )
     batch_size: int = field(default=4, metadata={"help": "windows / variants per model call"})
     max_examples: int | None = field(default=None)
+    streaming: bool = field(
+        default=False, metadata={"help": "read the split as a stream (datasets' streaming=True), without downloading "
+                                         "it first; each process scores its own share"}
+    )
     dtype: str | None = field(default=None, metadata={"help": "autocast dtype: bfloat16 or float16"})
     device: str | None = field(default=None, metadata={"help": "e.g. cuda; default: the local accelerator or cpu"})
     output_file: str | None = field(default=None, metadata={"help": "write the metrics as JSON here"})
@@ -293,7 +309,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         stride=args.stride,
         scales=args.scales, flip=args.flip, aug_test=args.aug_test,
         batch_size=args.batch_size, max_examples=args.max_examples, autocast_dtype=autocast_dtype,
-        device=args.device or str(state.device), save_confusion=args.save_confusion,
+        device=args.device or str(state.device), save_confusion=args.save_confusion, streaming=args.streaming,
     )
     if state.is_main_process:
         text = json.dumps(json_ready(metrics), indent=2)

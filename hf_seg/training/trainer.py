@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import IterableDataset, IterableDatasetDict
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.utils import logging
 
@@ -93,13 +94,27 @@ def default_recipe_name(model) -> str:
 
 class AugmentationEpochCallback(TrainerCallback):
     """Gives the seeded training transform the epoch number, so every epoch draws new augmentations (also after a
-    resume in the middle of an epoch: the epoch comes from the restored `state.epoch`)."""
+    resume in the middle of an epoch: the epoch comes from the restored `state.epoch`).
 
-    def __init__(self, transform):
+    A stream (`count_passes=True`) has no length, so Trainer counts its epochs in units of `max_steps` and
+    `state.epoch` stays below 1; the epoch it gives the data loader's `set_epoch` (which reseeds the shuffle buffer)
+    starts at 0 in every `train()` call and grows by one per pass over the stream. The callback counts the same
+    passes, so the order and the augmentations change together."""
+
+    def __init__(self, transform, count_passes: bool = False):
         self.transform = transform
+        self.count_passes = count_passes
+        self.passes = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.passes = 0
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.transform.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
+        if self.count_passes:
+            self.transform.set_epoch(self.passes)
+            self.passes += 1
+        else:
+            self.transform.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -368,7 +383,11 @@ def decide_labels(data_labels, train_data, label_column: str, split: str, model_
     Reduce-labels: the explicit flag; else the data set's convention (ADE20K's "0 = other"); else a kept
     checkpoint's; else False: a folder of the user's own label maps is taken as it is.
     Label values outside the classes are a ValueError naming the values, the split and an example. `label_ids`: the
-    data's label-id table (`hf_seg.data.load_segmentation_dataset`'s `info["label_ids"]`), applied by every scan."""
+    data's label-id table (`hf_seg.data.load_segmentation_dataset`'s `info["label_ids"]`), applied by every scan.
+    A streamed training split (an `IterableDataset`) cannot be scanned before training: without class names in the
+    data it is a ValueError asking for `id2label`, and its label values are checked as each example is augmented."""
+    from datasets import IterableDataset
+
     from ..data.labels import check_label_values, class_names_from_counts, scan_label_values
 
     reason = "as asked" if reduce_labels is not None else None
@@ -382,6 +401,13 @@ def decide_labels(data_labels, train_data, label_column: str, split: str, model_
         id2label, source = dict(model_id2label), "the model (no training data to read classes from)"
         if reduce_labels is None:
             reduce_labels, reason = model_reduce_labels, "the model's"
+    elif isinstance(train_data, IterableDataset):
+        raise ValueError(
+            f"split {split!r} is streamed and the data names no classes ({source}): the classes would come from a "
+            "scan of every label map, which a stream cannot give before training (a scan of its first maps could miss "
+            "classes). Pass --id2label (id2label=): a JSON file of the class names or a bundled label set (ade20k, "
+            "cityscapes, coco_stuff, ...)"
+        )
     else:
         if from_checkpoint and reduce_labels in (None, model_reduce_labels):
             counts = scan_label_values(train_data, label_column, model_reduce_labels, split, label_ids=label_ids)
@@ -406,11 +432,50 @@ def decide_labels(data_labels, train_data, label_column: str, split: str, model_
         reduce_labels, reason = False, "the data's own label maps, taken as they are"
     if model_reduce_labels and not reduce_labels and reason != "as asked":
         reason += "; the model's do_reduce_labels=True is ADE20K's convention and does not apply here"
-    if train_data is not None:
+    if train_data is not None and not isinstance(train_data, IterableDataset):
         if counts is None:
             counts = scan_label_values(train_data, label_column, reduce_labels, split, label_ids=label_ids)
         check_label_values(counts, id2label, split, train_data, label_column, reduce_labels, label_ids)
     return LabelContract(dict(id2label), bool(reduce_labels), source, reason, label_ids=label_ids)
+
+
+def check_streaming_arguments(training_args, class_weights: str | None, shuffle_buffer_size: int) -> None:
+    """Refuse, before any data is read, what a stream cannot do: count epochs (it has no length, so `max_steps` is
+    required, and `num_train_epochs` without it would be silently replaced by the recipe's steps) or compute class
+    weights (a scan of the whole training split)."""
+    if isinstance(training_args, TrainingArguments):
+        max_steps, epochs_given = training_args.max_steps, False
+    else:
+        given = dict(training_args or {})
+        max_steps, epochs_given = given.get("max_steps"), "num_train_epochs" in given
+    if (max_steps is not None and max_steps <= 0) or (max_steps is None and epochs_given):
+        raise ValueError(
+            "a streamed training split has no length, so its epochs cannot be counted: pass --max_steps N "
+            "(max_steps in training_args), the number of optimiser steps"
+            + (", in place of --num_train_epochs" if epochs_given else f" (got max_steps={max_steps})")
+        )
+    if class_weights is not None:
+        raise ValueError("--class_weights are computed from every label map of the training split, which a stream "
+                         "cannot read before training; give the weights in the loss instead (--loss 'ce(class_weight="
+                         "[...])')")
+    if shuffle_buffer_size < 0:
+        raise ValueError(f"--shuffle_buffer_size must be 0 (the stream's order) or more, got {shuffle_buffer_size}")
+
+
+def describe_stream(stream, split: str, shuffle_buffer_size: int, args: TrainingArguments) -> str:
+    """The line said about a streamed training split: its shards, the shuffle buffer and how processes share it."""
+    processes = max(1, args.world_size)
+    if processes == 1:
+        sharing = "one process"
+    elif stream.num_shards >= processes:
+        sharing = f"{processes} processes, each reading its own shards"
+    else:
+        sharing = (f"{processes} processes but {stream.num_shards} shards: every process reads the whole stream and "
+                   "keeps its own batches")
+    order = (f"a shuffle buffer of {shuffle_buffer_size} examples (seed {args.seed}, reshuffled every pass)"
+             if shuffle_buffer_size else "the stream's own order (no shuffle buffer)")
+    return (f"split {split!r} is streamed ({stream.num_shards} shards, {sharing}) through {order}; "
+            f"max_steps={args.max_steps}")
 
 
 def check_model_source(source: str) -> None:
@@ -552,12 +617,21 @@ def build_datasets(
     id2label=None,
     reduce_labels: bool = False,
     label_ids: str | None = None,
+    shuffle_buffer_size: int = 1000,
+    batch_size: int = 1,
+    drop_last: bool = True,
     **load_kwargs,
 ):
     """`(train_dataset, eval_dataset, transform, info)`: the training split with the seeded mmseg augmentation of the
     recipe (crop, scale, ratio range, cat_max_ratio, flip, photometric distortion), the raw evaluation split.
     `label_ids`: the data's label-id table (e.g. "cityscapes") or "none", applied by the transform as it decodes
-    each map; None: detected as `load_segmentation_dataset` does."""
+    each map; None: detected as `load_segmentation_dataset` does.
+
+    A streamed training split (`streaming=True`, or an `IterableDataset` passed in) goes through a shuffle buffer of
+    `shuffle_buffer_size` examples (seeded with `seed`; `set_epoch` reshuffles; 0: the stream's order) and the same
+    transform, `batch_size` (the per-device batch) examples at a time; `drop_last` drops the incomplete batch at the
+    end of each process's (and DataLoader worker's) pass, as `dataloader_drop_last` does for a map-style split. An
+    example's draws come from its `__index__` (a local split read as a stream) or its files (`content_key`)."""
     from ..data import SegmentationTrainTransform, add_index_column, load_segmentation_dataset
 
     data, info = load_segmentation_dataset(
@@ -581,9 +655,16 @@ def build_datasets(
         image_column=info["image_column"],
         label_column=info["label_column"],
         label_ids=info["label_ids"],
+        seed_by_content=True,  # for streams from the Hub; map-style splits and local streams carry __index__
     )
     train_dataset = None
-    if train_split is not None:
+    if train_split is not None and isinstance(data[train_split], IterableDataset):
+        stream = data[train_split]
+        if shuffle_buffer_size:
+            stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+        train_dataset = stream.map(transform, batched=True, batch_size=batch_size, drop_last_batch=drop_last,
+                                   remove_columns=stream.column_names)
+    elif train_split is not None:
         train_dataset = add_index_column(data[train_split])
         train_dataset.set_transform(transform)
     eval_dataset = data[eval_split] if eval_split is not None else None
@@ -773,6 +854,8 @@ def train(
     allow_non_finite: bool = False,
     loss: str | None = None,
     class_weights: str | None = None,
+    streaming: bool = False,
+    shuffle_buffer_size: int = 1000,
 ) -> TrainResult:
     """
     Fine-tune a segmentation model with `transformers.Trainer` and the papers' recipe, evaluate it with the papers'
@@ -809,12 +892,21 @@ def train(
         class_weights: "inverse_frequency" or "median_frequency": class weights computed from the training split's
             label maps (`hf_seg.training.losses.class_weights_from_data`), printed, given to every loss term that
             takes them (the default loss becomes the model's cross-entropy with them) and saved in recipe.json.
+        streaming, shuffle_buffer_size: read the splits as streams (`datasets.load_dataset(..., streaming=True)` for
+            a Hub id; an `IterableDatasetDict` passed in streams anyway), for the sets too large to download first.
+            Training draws from a seeded shuffle buffer of `shuffle_buffer_size` examples, reshuffled every pass
+            (0: the stream's order), with the same augmentations and label contract; `max_steps` is required (a
+            stream has no length). Under `torchrun` / `accelerate launch` each process reads its own shards
+            (accelerate's `dispatch_batches=False`), and the evaluation scores each example on one process.
     """
     if class_weights is not None:
         from .losses import CLASS_WEIGHT_METHODS
 
         if class_weights not in CLASS_WEIGHT_METHODS:
             raise ValueError(f"class_weights must be one of {', '.join(CLASS_WEIGHT_METHODS)}, got {class_weights!r}")
+    streaming = streaming or isinstance(dataset, (IterableDataset, IterableDatasetDict))
+    if streaming:
+        check_streaming_arguments(training_args, class_weights, shuffle_buffer_size)
     if loss is not None:
         recipe_overrides = {**(recipe_overrides or {}), "loss": loss}
     if (recipe_overrides or {}).get("loss") is not None:
@@ -844,7 +936,7 @@ def train(
     if dataset is not None:
         data, info = load_segmentation_dataset(
             dataset, image_column=image_column, label_column=label_column, id2label=id2label, decode=False,
-            label_ids=label_ids, **(dataset_kwargs or {}),
+            label_ids=label_ids, streaming=streaming, **(dataset_kwargs or {}),
         )
         for split in (train_split if do_train else None, eval_split if do_eval else None):
             if split is not None and split not in data:
@@ -928,6 +1020,10 @@ def train(
              f"{getattr(model.config, 'auxiliary_loss_weight', None) or 0.4})")
     args = build_training_arguments(training_args, recipe, output_dir)
     push_to_hub, args.push_to_hub = args.push_to_hub, False  # the final folder is pushed below, with its card
+    if streaming and args.accelerator_config.dispatch_batches is None:
+        # accelerate's default for a stream is to read every batch on process 0 and send each process its slice;
+        # each process reads its own shards instead (decoding and augmenting on every process)
+        args.accelerator_config.dispatch_batches = False
 
     train_dataset = eval_dataset = transform = None
     info = info or {"image_column": image_column or "image", "label_column": label_column or "label"}
@@ -937,7 +1033,11 @@ def train(
             train_split=train_split if do_train else None, eval_split=eval_split if do_eval else None,
             image_column=info["image_column"], label_column=info["label_column"], id2label=contract.id2label,
             reduce_labels=reduce_labels, label_ids=contract.label_ids or "none",
+            shuffle_buffer_size=shuffle_buffer_size, batch_size=args.per_device_train_batch_size,
+            drop_last=args.dataloader_drop_last,
         )
+        if streaming and do_train:
+            _say(describe_stream(data[train_split], train_split, shuffle_buffer_size, args))
     protocol = test_protocol(model, preset_name, eval_mode, eval_crop_size, eval_stride)
     model.config.test_protocol = protocol  # travels with the model: evaluate / predict / segment default to it
     eval_settings = evaluation_settings(protocol, eval_scales, eval_flip, eval_aug_test)
@@ -951,7 +1051,7 @@ def train(
 
     all_callbacks = list(callbacks or [])
     if transform is not None:
-        all_callbacks.append(AugmentationEpochCallback(transform))
+        all_callbacks.append(AugmentationEpochCallback(transform, count_passes=streaming))
     trainer = SegmentationTrainer(
         model=model,
         args=args,
@@ -970,7 +1070,15 @@ def train(
         if train_dataset is None:
             raise ValueError("training needs a dataset with a training split")
         batch = args.per_device_train_batch_size * max(1, args.world_size)
-        if args.dataloader_drop_last and len(train_dataset) < batch:
+        if streaming and args.dataloader_drop_last:  # Trainer would stop at a pass with no batch, saying only a warning
+            available = sum(1 for _ in data[train_split].take(batch))
+            if available < batch:
+                raise ValueError(
+                    f"split {train_split!r} streams {available} examples, fewer than one batch of {batch} "
+                    f"({args.per_device_train_batch_size} per device x {max(1, args.world_size)} processes): no step "
+                    "would run; pass a smaller --per_device_train_batch_size"
+                )
+        elif args.dataloader_drop_last and len(train_dataset) < batch:
             raise ValueError(
                 f"split {train_split!r} has {len(train_dataset)} examples, fewer than one batch of {batch} "
                 f"({args.per_device_train_batch_size} per device x {max(1, args.world_size)} processes): no step "
@@ -996,6 +1104,8 @@ def train(
             saved = {**recipe.to_dict(), "labels": contract.to_dict(), "test_protocol": protocol}
             if computed_weights is not None:
                 saved["class_weights"] = {"method": class_weights, "split": train_split, "weights": computed_weights}
+            if streaming:
+                saved["streaming"] = {"shuffle_buffer_size": shuffle_buffer_size, "seed": args.seed}
             json.dump(saved, handle, indent=2)
         repo_id = (args.hub_model_id or Path(args.output_dir).name) if push_to_hub else None
         write_model_card(
@@ -1073,12 +1183,14 @@ def prepare_evaluation(
     flip: bool | None = None,
     aug_test: bool = False,
     device: str | None = None,
+    streaming: bool = False,
     **load_kwargs,
 ):
     """`(model, processor, data, settings)` for evaluating a checkpoint (folder / Hub id / preset / model) on a data
     set split: the loaded split (undecoded), the model on `device` and `evaluate_segmentation`'s keyword arguments
     (columns, reduce-labels, label ids, ignore index, class names, test protocol) decided as `evaluate_model`
-    documents. `hf-seg evaluate` and `hf-seg robustness` both start here."""
+    documents; `streaming=True`: the split as a stream (an `IterableDataset`). `hf-seg evaluate` and
+    `hf-seg robustness` both start here."""
     from .. import presets
     from ..data import load_segmentation_dataset
     from ..data.datasets import evaluation_label_ids
@@ -1087,7 +1199,7 @@ def prepare_evaluation(
         check_model_source(str(model))  # a misspelt name fails before any data is loaded
     data, info = load_segmentation_dataset(
         dataset, split=split, image_column=image_column, label_column=label_column, decode=False,
-        label_ids=label_ids, **load_kwargs
+        label_ids=label_ids, streaming=streaming, **load_kwargs
     )
     model, processor, preset_name = build_model_and_processor(model, image_processor=image_processor)
     if device is not None:
@@ -1142,6 +1254,7 @@ def evaluate_model(
     per_category: bool = True,
     device: str | None = None,
     save_confusion: str | None = None,
+    streaming: bool = False,
     **load_kwargs,
 ) -> dict:
     """`hf-seg evaluate`: a checkpoint (folder / Hub id / model) on a data set split with the papers' protocol
@@ -1149,11 +1262,12 @@ def evaluate_model(
     `scales` / `flip`). Under `torchrun` / `accelerate launch` each process takes its share and the confusion matrices
     are summed. `label_ids` (a raw label-id table or "none"): default the model's saved `config.label_ids`, unless the
     data's file names say otherwise (`hf_seg.data.datasets.evaluation_label_ids`). `save_confusion`: also write the
-    summed confusion matrix there (JSON, `hf_seg.analysis.save_confusion_matrix`; for `hf-seg analyze confusion`)."""
+    summed confusion matrix there (JSON, `hf_seg.analysis.save_confusion_matrix`; for `hf-seg analyze confusion`).
+    `streaming=True`: read the split as a stream (not downloaded first); each example is scored on one process."""
     model, processor, data, settings = prepare_evaluation(
         model, dataset, split=split, image_processor=image_processor, image_column=image_column,
         label_column=label_column, reduce_labels=reduce_labels, label_ids=label_ids, mode=mode, crop_size=crop_size,
-        stride=stride, scales=scales, flip=flip, aug_test=aug_test, device=device, **load_kwargs,
+        stride=stride, scales=scales, flip=flip, aug_test=aug_test, device=device, streaming=streaming, **load_kwargs,
     )
     metrics, confusion = evaluate_segmentation(
         model, processor, data, batch_size=batch_size, autocast_dtype=autocast_dtype, per_category=per_category,
