@@ -211,7 +211,7 @@ def test_evaluate_defaults_to_the_saved_reduce_labels_and_warns_when_told_otherw
     data = datasets.DatasetDict({"validation": _dataset([[1, 2, 5], [0, 3]])})
     saved = evaluate_model(str(tmp_path / "model"), data)
     assert "reduce_labels" not in capsys.readouterr().err
-    with mock.patch("hf_seg.training.trainer.evaluate_segmentation", return_value={}) as called:
+    with mock.patch("hf_seg.training.trainer.evaluate_segmentation", return_value=({}, None)) as called:
         evaluate_model(str(tmp_path / "model"), data, reduce_labels=False)
     assert called.call_args.kwargs["reduce_labels"] is False
     assert "reduce_labels=False as asked, although the model was saved with do_reduce_labels=True" in (
