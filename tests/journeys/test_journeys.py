@@ -21,6 +21,7 @@ from PIL import Image
 
 import hf_seg
 from hf_seg.labels import load_label_set
+from test_datasets import coco_stuff_folder, pascal_context_folder  # the data sets' layouts, as their loading tests
 
 
 TRAIN_FLAGS = [
@@ -310,12 +311,22 @@ JOURNEYS = {
         "segformer-b0-voc12aug-512", "segformer", voc_with_sbd, ["--train_split", "trainaug"],
         list(load_label_set("pascal_voc")[0].values()), False, {"mode": "whole"}, None,
     ),
+    "pascal-context-459-class-mat-files": (
+        "segformer-b0-pascal-context-480", "segformer", lambda root: pascal_context_folder(root, raw=True), [],
+        list(load_label_set("pascal_context_60")[0].values()), False,
+        {"mode": "slide", "crop_size": 480, "stride": 320}, "pascal_context_459",
+    ),
+    "coco-stuff-164k-label-train-ids": (
+        "segformer-b0-coco-stuff164k-512", "segformer", lambda root: coco_stuff_folder(root, prepared=True), [],
+        list(load_label_set("coco_stuff")[0].values()), False, {"mode": "whole"}, None,
+    ),
 }
 
 
 #: the data sets' own layouts: `hf-seg train` + `hf-seg evaluate` only (predict, the pipeline and the Hub code are the
 #: same seams as above, whatever layout the data came in)
-LAYOUT_JOURNEYS = ("cityscapes-gtfine-label-ids", "pascal-voc-with-sbd")
+LAYOUT_JOURNEYS = ("cityscapes-gtfine-label-ids", "pascal-voc-with-sbd", "pascal-context-459-class-mat-files",
+                   "coco-stuff-164k-label-train-ids")
 
 
 @pytest.fixture(scope="module")
