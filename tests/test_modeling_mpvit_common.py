@@ -70,6 +70,13 @@ class MPViTModelTest(ModelTesterMixin, unittest.TestCase):
     test_torch_exportable = False  # ExportTesterMixin is a stand-in: the sdist lacks tests/exporters
     has_attentions = False  # factorized attention has no token-to-token attention map to return
 
+    def test_bc_torch_dtype(self):
+        # The mixin loads every class in 7 dtypes, twice, and compares each parameter in a subtest: 6,700 subtests and
+        # 50 s for the four MPViT classes. The dtype handling is transformers' and the same for every class: check it
+        # on the segmentation model, whose weights include the encoder's.
+        self.all_model_classes = (MPViTForSemanticSegmentation,)
+        super().test_bc_torch_dtype()
+
     def setUp(self):
         self.model_tester = MPViTModelTester(self)
         self.config_tester = ConfigTester(

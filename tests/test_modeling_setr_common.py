@@ -99,6 +99,11 @@ class _SetrCommonTests(ModelTesterMixin):
         self.all_model_classes = (SetrForSemanticSegmentation,)
         super().test_training()
 
+    def test_bc_torch_dtype(self):
+        # transformers' dtype handling, the same for both classes; the segmentation model holds the encoder's weights
+        self.all_model_classes = (SetrForSemanticSegmentation,)
+        super().test_bc_torch_dtype()
+
     def check_training_gradient_checkpointing(self, gradient_checkpointing_kwargs=None):
         self.all_model_classes = (SetrForSemanticSegmentation,)
         super().check_training_gradient_checkpointing(gradient_checkpointing_kwargs)
