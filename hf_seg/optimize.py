@@ -154,18 +154,21 @@ def _passthrough_forward(module: nn.Module, features: torch.Tensor) -> torch.Ten
     return features
 
 
-def _linear_forward(linear: nn.Linear, onednn, activation, features: torch.Tensor) -> torch.Tensor:
-    fast = _inference_call(linear, features, linear.weight, linear.bias)
+def _matmul(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, onednn) -> torch.Tensor:
+    """`F.linear` through oneDNN where it may run (a CPU tensor, `torch.backends.mkldnn` enabled and available)."""
     if (
-        fast
-        and onednn is not None
+        onednn is not None
         and features.device.type == "cpu"
         and torch.backends.mkldnn.enabled
         and torch.backends.mkldnn.is_available()
     ):
-        output = onednn(features, linear.weight, linear.bias, "none", [], "")
-    else:
-        output = F.linear(features, linear.weight, linear.bias)
+        return onednn(features, weight, bias, "none", [], "")
+    return F.linear(features, weight, bias)
+
+
+def _linear_forward(linear: nn.Linear, onednn, activation, features: torch.Tensor) -> torch.Tensor:
+    fast = _inference_call(linear, features, linear.weight, linear.bias)
+    output = _matmul(features, linear.weight, linear.bias, onednn if fast else None)
     return _activate(activation, output, fast)
 
 
@@ -192,26 +195,28 @@ def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor
     return weight.detach(), bias.detach()
 
 
-class FoldedWeights:
-    """`fold_batch_norm(conv, norm)`, kept until one of the tensors it comes from is replaced by another or changed
-    in place (which bumps its version counter)."""
+class DerivedWeights:
+    """`compute(*modules)` (weights derived from those modules' parameters and buffers, e.g. a BatchNorm folded into
+    a convolution), kept until one of those tensors is replaced by another or changed in place (which bumps its
+    version counter), or a module's `eps` changes."""
 
-    def __init__(self):
+    def __init__(self, compute):
+        self.compute = compute
         self.sources, self.versions, self.value = (), (), None
 
-    def __call__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-        sources = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+    def __call__(self, *modules: nn.Module):
+        sources = tuple(tensor for module in modules for tensor in (*module.parameters(), *module.buffers()))
         try:
-            versions = tuple(-1 if tensor is None else tensor._version for tensor in sources) + (norm.eps,)
+            versions = tuple(tensor._version for tensor in sources) + tuple(getattr(m, "eps", None) for m in modules)
         except RuntimeError:  # parameters made under inference_mode have no version counter: no caching
-            return fold_batch_norm(conv, norm)
+            return self.compute(*modules)
         if (
             self.value is None
             or versions != self.versions
             or any(new is not old for new, old in zip(sources, self.sources))
         ):
-            with torch.inference_mode(False):  # a normal tensor, usable outside inference_mode too
-                self.value = fold_batch_norm(conv, norm)
+            with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable outside inference_mode too
+                self.value = self.compute(*modules)
             self.sources, self.versions = sources, versions
         return self.value
 
@@ -304,6 +309,199 @@ def _is_coarse_bottleneck_head(module: nn.Module) -> bool:
         and isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats and norm.running_mean is not None
         and type(bottleneck.activation) is nn.ReLU
         and conv.in_channels == module.channels * (len(module.lateral_convs) + 1)
+    )
+
+
+# --- SegFormer: the decode head's fuse on the coarse stages, the sequence reduction as one matrix product -------------
+
+
+def _sum_of_upsampled(stage_maps, weights, bias: torch.Tensor) -> torch.Tensor:
+    """`relu(bias + sum_i upsample(weights[i] @ stage_maps[i]))`, every map resized bilinearly to the first one's
+    size: the 1x1 fuse convolution of an all-MLP head (BatchNorm folded) applied per stage *before* the resize,
+    which commutes with a per-pixel linear map, instead of on the concatenation of the resized maps."""
+    size = stage_maps[0].shape[2:]
+    fused = None
+    for features, weight in zip(stage_maps, weights):
+        batch_size, _, height, width = features.shape
+        projected = torch.matmul(weight, features.reshape(batch_size, features.shape[1], height * width))
+        projected = projected.view(batch_size, weight.shape[0], height, width)
+        if projected.shape[2:] != size:
+            projected = F.interpolate(projected, size=size, mode="bilinear", align_corners=False)
+        fused = projected if fused is None else fused.add_(projected)
+    return torch.relu_(fused.add_(bias.view(-1, 1, 1)))
+
+
+def _pointwise(conv: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution on an NCHW map as one matrix product (oneDNN's 1x1 convolution of a wide map with many
+    output channels is several times slower than the GEMM)."""
+    batch_size, channels, height, width = features.shape
+    weight = conv.weight.view(conv.out_channels, channels)
+    output = torch.matmul(weight, features.reshape(batch_size, channels, height * width))
+    if conv.bias is not None:
+        output = output.add_(conv.bias.view(-1, 1))
+    return output.view(batch_size, conv.out_channels, height, width)
+
+
+def _batch_norm_scale_shift(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
+    return scale, norm.bias.double() - norm.running_mean.double() * scale
+
+
+def _segformer_head_weights(head: nn.Module):
+    """transformers' `SegformerDecodeHead`: each stage's `SegformerMLP` projection, its slice of `linear_fuse` and
+    the BatchNorm merged into one `[decoder_hidden_size, hidden_size]` matrix (in float64, then the head's dtype)."""
+    scale, bias = _batch_norm_scale_shift(head.batch_norm)
+    fuse = head.linear_fuse.weight.double().flatten(1).split(head.batch_norm.num_features, dim=1)[::-1]  # reversed
+    weights = []
+    for projection, fuse_slice in zip(head.linear_projections, fuse):
+        weights.append((scale[:, None] * (fuse_slice @ projection.proj.weight.double())).to(head.classifier.weight))
+        bias = bias + scale * (fuse_slice @ projection.proj.bias.double())
+    return weights, bias.to(head.classifier.weight)
+
+
+def _segformer_head_forward(head: nn.Module, derived, encoder_hidden_states, **kwargs) -> torch.Tensor:
+    first = encoder_hidden_states[0]
+    norm = head.batch_norm
+    if not (_inference_call(head, first, head.linear_fuse.weight, norm.weight, norm.bias) and not norm.training
+            and all(state.ndim == 4 for state in encoder_hidden_states)):
+        return type(head).forward(head, encoder_hidden_states, **kwargs)
+    weights, bias = derived(head)
+    return _pointwise(head.classifier, _sum_of_upsampled(list(encoder_hidden_states), weights, bias))
+
+
+def _mmseg_head_weights(head: nn.Module):
+    """hf_seg's `SegformerMmsegDecodeHead`: the fusion convolution's slice per stage with its BatchNorm folded in."""
+    scale, bias = _batch_norm_scale_shift(head.fusion_conv.batch_norm)
+    fuse = head.fusion_conv.conv.weight.double().flatten(1).split(len(scale), dim=1)
+    weights = [(scale[:, None] * fuse_slice).to(head.classifier.weight) for fuse_slice in fuse]
+    return weights, bias.to(head.classifier.weight)
+
+
+def _mmseg_head_forward(head: nn.Module, derived, stage_maps) -> torch.Tensor:
+    norm = head.fusion_conv.batch_norm
+    if not (_inference_call(head, stage_maps[0], head.fusion_conv.conv.weight, norm.weight, norm.bias)
+            and not norm.training):
+        return type(head).forward(head, stage_maps)
+    weights, bias = derived(head)
+    projected = [conv(features) for features, conv in zip(stage_maps, head.convs)]
+    return _pointwise(head.classifier, _sum_of_upsampled(projected, weights, bias))
+
+
+def _plain_1x1_conv(conv, bias: bool) -> bool:
+    return (
+        type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+        and (conv.bias is not None) == bias
+    )
+
+
+def _fusable_norm(norm) -> bool:
+    return type(norm) is nn.BatchNorm2d and norm.track_running_stats and norm.running_mean is not None
+
+
+def _all_mlp_head_kind(module: nn.Module) -> str | None:
+    """"segformer" for transformers' `SegformerDecodeHead`, "mmseg" for hf_seg's `SegformerMmsegDecodeHead` (each
+    with its class's forward and the layers that forward assumes), else None."""
+    from transformers.models.segformer.modeling_segformer import SegformerDecodeHead, SegformerMLP
+
+    from .models.segformer.modeling_segformer_mmseg import SegformerMmsegConvModule, SegformerMmsegDecodeHead
+
+    kind = type(module)
+    if kind is SegformerDecodeHead:
+        return "segformer" if (
+            _plain_1x1_conv(module.linear_fuse, bias=False) and _fusable_norm(module.batch_norm)
+            and type(module.activation) is nn.ReLU and _plain_1x1_conv(module.classifier, bias=True)
+            and all(type(mlp) is SegformerMLP and _plain_linear(mlp.proj) for mlp in module.linear_projections)
+        ) else None
+    if kind is SegformerMmsegDecodeHead:
+        fusion = module.fusion_conv
+        return "mmseg" if (
+            type(fusion) is SegformerMmsegConvModule and _plain_1x1_conv(fusion.conv, bias=False)
+            and _fusable_norm(fusion.batch_norm) and type(fusion.activation) is nn.ReLU
+            and _plain_1x1_conv(module.classifier, bias=True)
+        ) else None
+    return None
+
+
+def _patch_linear_weight(reduction: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    conv = reduction.sequence_reduction
+    return conv.weight.permute(0, 2, 3, 1).flatten(1).contiguous(), conv.bias
+
+
+def _sequence_reduction_forward(reduction: nn.Module, onednn, derived, hidden_states, height: int,
+                                width: int) -> torch.Tensor:
+    """transformers' `SegformerSequenceReduction` (a convolution with kernel = stride = R, then LayerNorm) as one
+    matrix product over the R x R patches of the `[B, H * W, C]` tokens: no transpose to `[B, C, H, W]` and back."""
+    conv = reduction.sequence_reduction
+    if not _inference_call(reduction, hidden_states, conv.weight, conv.bias):
+        return type(reduction).forward(reduction, hidden_states, height, width)
+    batch_size, _, channels = hidden_states.shape
+    ratio = conv.stride[0]
+    rows, columns = height // ratio, width // ratio
+    patches = hidden_states.view(batch_size, height, width, channels)[:, : rows * ratio, : columns * ratio]
+    patches = patches.reshape(batch_size, rows, ratio, columns, ratio, channels).permute(0, 1, 3, 2, 4, 5)
+    weight, bias = derived(reduction)
+    reduced = _matmul(patches.reshape(batch_size, rows * columns, ratio * ratio * channels), weight, bias, onednn)
+    return reduction.layer_norm(reduced)
+
+
+def _channels_last_conv(conv: nn.Conv2d, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`conv` on `[B, H * W, C]` tokens seen as a channels-last map, returning `[B, H' * W', C']` tokens: oneDNN
+    runs SegFormer's depthwise and patch convolutions several times faster on channels-last maps, and neither side
+    needs a transposing copy."""
+    batch_size, _, channels = tokens.shape
+    features = tokens.reshape(batch_size, height, width, channels).permute(0, 3, 1, 2)
+    output = conv(features.contiguous(memory_format=torch.channels_last))
+    return output.permute(0, 2, 3, 1).reshape(batch_size, -1, output.shape[1])
+
+
+def _depthwise_forward(module: nn.Module, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """transformers' `SegformerDepthWiseConv` (Mix-FFN's 3x3 depthwise convolution) on channels-last maps."""
+    conv = module.dwconv
+    if not _inference_call(module, hidden_states, conv.weight, conv.bias):
+        return type(module).forward(module, hidden_states, height, width)
+    return _channels_last_conv(conv, hidden_states, height, width)
+
+
+def _patch_embedding_forward(module: nn.Module, pixel_values: torch.Tensor):
+    """transformers' `SegformerOverlapPatchEmbeddings` with its convolution on a channels-last map, whose output
+    reads as `[B, H * W, C]` tokens without a copy."""
+    conv = module.proj
+    if not _inference_call(module, pixel_values, conv.weight, conv.bias):
+        return type(module).forward(module, pixel_values)
+    batch_size, channels, height, width = pixel_values.shape
+    tokens = pixel_values.permute(0, 2, 3, 1).reshape(batch_size, height * width, channels)
+    embeddings = _channels_last_conv(conv, tokens, height, width)
+    output_height = (height + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+    return module.layer_norm(embeddings), output_height, embeddings.shape[1] // output_height
+
+
+def _segformer_conv_kind(module: nn.Module) -> str | None:
+    """"depthwise" / "patch" for transformers' `SegformerDepthWiseConv` / `SegformerOverlapPatchEmbeddings` with their
+    class's forward and a plain convolution, else None."""
+    from transformers.models.segformer.modeling_segformer import (
+        SegformerDepthWiseConv,
+        SegformerOverlapPatchEmbeddings,
+    )
+
+    if type(module) is SegformerDepthWiseConv and type(module.dwconv) is nn.Conv2d:
+        return "depthwise"
+    if (type(module) is SegformerOverlapPatchEmbeddings and type(module.proj) is nn.Conv2d
+            and module.proj.dilation == (1, 1) and module.proj.padding_mode == "zeros"
+            and type(module.layer_norm) is nn.LayerNorm):
+        return "patch"
+    return None
+
+
+def _is_patch_reduction(module: nn.Module) -> bool:
+    from transformers.models.segformer.modeling_segformer import SegformerSequenceReduction
+
+    if type(module) is not SegformerSequenceReduction:
+        return False
+    conv = module.sequence_reduction
+    return (
+        type(conv) is nn.Conv2d and conv.kernel_size == conv.stride and conv.kernel_size[0] == conv.kernel_size[1]
+        and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
+        and type(module.layer_norm) is nn.LayerNorm
     )
 
 
@@ -460,12 +658,17 @@ class InferenceOptimizations:
     folded_batch_norms: int = 0
     inplace_activations: int = 0
     coarse_bottleneck_heads: int = 0
+    coarse_fuse_heads: int = 0
+    patch_reductions: int = 0
+    channels_last_convs: int = 0
     traced: bool = False
     modules: list = field(default_factory=list, repr=False)
 
     def __str__(self) -> str:
         return (f"{self.onednn_linears} oneDNN linear layers, {self.folded_batch_norms} BatchNorms folded, "
-                f"{self.inplace_activations} in-place activations, {self.coarse_bottleneck_heads} UperNet heads")
+                f"{self.inplace_activations} in-place activations, {self.coarse_bottleneck_heads} UperNet heads, "
+                f"{self.coarse_fuse_heads} all-MLP heads, {self.patch_reductions} sequence reductions, "
+                f"{self.channels_last_convs} channels-last convolutions")
 
 
 def _call(model: nn.Module, inputs):
@@ -545,11 +748,24 @@ def optimize_for_inference(model: nn.Module, example_inputs=None, check: bool = 
     fused_activations = {activation for activation, _ in activations.values()}
     for module in model.modules():
         if _is_coarse_bottleneck_head(module) and "forward" not in vars(module):
-            _bind(module, _upernet_head_forward, FoldedWeights())
+            _bind(module, _upernet_head_forward, DerivedWeights(fold_batch_norm))
             record.coarse_bottleneck_heads += 1
+        elif "forward" not in vars(module) and (head_kind := _all_mlp_head_kind(module)) is not None:
+            if head_kind == "segformer":
+                _bind(module, _segformer_head_forward, DerivedWeights(_segformer_head_weights))
+            else:
+                _bind(module, _mmseg_head_forward, DerivedWeights(_mmseg_head_weights))
+            record.coarse_fuse_heads += 1
+        elif "forward" not in vars(module) and _is_patch_reduction(module):
+            _bind(module, _sequence_reduction_forward, onednn, DerivedWeights(_patch_linear_weight))
+            record.patch_reductions += 1
+        elif "forward" not in vars(module) and (conv_kind := _segformer_conv_kind(module)) is not None:
+            _bind(module, _depthwise_forward if conv_kind == "depthwise" else _patch_embedding_forward)
+            record.channels_last_convs += 1
         elif module in folds or (module in activations and _foldable_conv(module)):
             norm = folds.get(module)
-            _bind(module, _conv_forward, norm, None if norm is None else FoldedWeights(), activations.get(module))
+            folded = None if norm is None else DerivedWeights(fold_batch_norm)
+            _bind(module, _conv_forward, norm, folded, activations.get(module))
             record.folded_batch_norms += module in folds
         elif _plain_linear(module) and (onednn is not None or module in activations):
             _bind(module, _linear_forward, onednn, activations.get(module))

@@ -71,6 +71,7 @@ FAMILIES = {
     "transformers-upernet-mpvit": (tiny_transformers_upernet_mpvit, (40, 72)),
 }
 UPERNET = {"mpvit-upernet", "transformers-upernet-mpvit"}
+SEGFORMER = {"segformer", "segformer-mmseg"}
 
 
 def operators_run(function) -> set[str]:
@@ -93,6 +94,10 @@ def test_optimized_model_gives_the_plain_models_logits(family):
     record = optimized._hf_seg_inference_optimizations
     assert record.traced and record.folded_batch_norms >= 1 and record.inplace_activations >= 1, record
     assert record.coarse_bottleneck_heads == (family in UPERNET)
+    # SegFormer: the all-MLP head fused on the coarse stages; at 45 x 70 the stride-8 sequence reduction of the
+    # 12 x 18 stage drops a remainder, as the convolution does; 4 patch embeddings + 4 depthwise convolutions
+    assert record.coarse_fuse_heads == (family in SEGFORMER)
+    assert (record.patch_reductions, record.channels_last_convs) == ((3, 8) if family in SEGFORMER else (0, 0))
     if optimize.onednn_linear_available():
         assert record.onednn_linears >= 1
     with torch.inference_mode():
