@@ -9,6 +9,7 @@ Issue target: ≥ 20 crops/s per DataLoader worker.
 """
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (a DataLoader worker has 1)")
+    parser.add_argument("--json", default=None, help="also write the timings to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -68,6 +70,11 @@ def main() -> None:
             f"p90 {np.percentile(times, 90) * 1e3:.1f} ms -> {1.0 / times.mean():.1f} crops/s per worker "
             f"(target >= 20)"
         )
+        if args.json:
+            Path(args.json).write_text(json.dumps(dict(
+                count=args.count, epochs=args.epochs, threads=args.threads, crops=len(times),
+                mean_s=float(times.mean()), median_s=float(np.median(times)), crops_per_second=float(1.0 / times.mean()),
+            ), indent=2))
 
 
 if __name__ == "__main__":

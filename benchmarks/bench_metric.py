@@ -12,6 +12,7 @@ On a small shared machine, multi-threaded timings of both can be dominated by th
 """
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -35,6 +36,7 @@ def main():
     parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", default=None, help="also write the medians to this file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,6 +104,11 @@ def main():
     for name, times, med in rows:
         print(f"{name + ':':36s} median {med * 1e3:8.2f} ms  (min {min(times) * 1e3:.2f}, max {max(times) * 1e3:.2f})")
     print(f"ratio hf_seg / mmseg: {med_ours / med_mm:.3f}  (issue target <= 0.3)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(
+            batch=n, size=s, num_labels=k, runs=args.runs, threads=torch.get_num_threads(), mmseg_s=med_mm,
+            hf_seg_s=med_ours, mmseg_all_s=t_mm, hf_seg_all_s=t_ours,
+        ), indent=2))
 
 
 if __name__ == "__main__":
