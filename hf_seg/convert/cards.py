@@ -159,7 +159,7 @@ datasets:
 - **License of the source code:** {code_license}
 - **License of the weights:** {weights_license}
 - hf_seg's own code is Apache-2.0 and was written independently of the source repositories.
-{note}
+{note}{zoo_verification}
 ## Use
 
 ```python
@@ -178,7 +178,10 @@ Source layout: {layout}. Source keys dropped on purpose: {dropped}.
 """
 
 
-def model_card(*, name, preset, layout, checkpoint, model_class, dropped, repo_hint) -> str:
+def model_card(*, name, preset, layout, checkpoint, model_class, dropped, repo_hint, reported=None,
+               zoo_verification=None) -> str:
+    """The card of a converted folder. The model zoo (`conversion/publish_zoo.py`) passes the figures of its
+    release (`reported`, replacing the preset's) and its measured verification (`zoo_verification`, Markdown)."""
     family = preset.family
     source = SOURCES[(family, layout)]
     paper, paper_url = PAPERS[family]
@@ -203,7 +206,7 @@ def model_card(*, name, preset, layout, checkpoint, model_class, dropped, repo_h
         checkpoint=checkpoint,
         dataset=DATASETS.get(preset.label_set, preset.label_set),
         metric="ImageNet-1k top-1 (%)" if classification else "mIoU",
-        reported=REPORTED.get((preset.name, layout), "not stated by the source for this variant"),
+        reported=reported or REPORTED.get((preset.name, layout), "not stated by the source for this variant"),  # zoo
         parity=PRESET_PARITY.get((preset.name, layout), PARITY[(family, layout)]),
         code_license=source.code_license,
         weights_license=source.weights_license,
@@ -214,4 +217,5 @@ def model_card(*, name, preset, layout, checkpoint, model_class, dropped, repo_h
         layout=layout,
         dropped=dropped_text,
         note=f"\n{preset.note}\n" if preset.note else "",
+        zoo_verification=f"\n{zoo_verification.strip()}\n" if zoo_verification else "",
     )
