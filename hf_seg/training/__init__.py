@@ -4,6 +4,7 @@ protocol, model cards and Hub pushes; `train_main` / `evaluate_main` / `quicksta
 
 from .commands import evaluate_main, parse_train_args, quickstart_main, train_main
 from .evaluation import evaluate_segmentation
+from .lora import LORA_SPECS, LoraRun, LoraSettings, LoraSpec, apply_lora
 from .pretrained import load_pretrained_encoder
 from .recipes import (
     RECIPES,
@@ -28,10 +29,15 @@ from .trainer import (
 )
 
 __all__ = [
+    "LORA_SPECS",
+    "LoraRun",
+    "LoraSettings",
+    "LoraSpec",
     "RECIPES",
     "Recipe",
     "SegmentationTrainer",
     "TrainResult",
+    "apply_lora",
     "build_model_and_processor",
     "build_parameter_groups",
     "build_training_arguments",

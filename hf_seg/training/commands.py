@@ -28,6 +28,14 @@ class ModelArguments:
         default=None, metadata={"help": 'JSON object of model-configuration fields, e.g. \'{"drop_path_rate": 0.2}\''}
     )
     image_processor: str | None = field(default=None, metadata={"help": "folder / Hub id of another image processor"})
+    lora_rank: int | None = field(
+        default=None,
+        metadata={"help": "LoRA fine-tuning (needs pip install \"hf_seg[peft]\"): adapters of this rank on the encoder's "
+                          "attention and MLP linears, the decode / auxiliary heads trained in full; the saved folder "
+                          "is the merged plain model"},
+    )
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 x --lora-rank)"})
+    lora_dropout: float | None = field(default=None, metadata={"help": "dropout on the LoRA adapters' input (default 0)"})
 
 
 @dataclass
@@ -223,6 +231,9 @@ def train_main(argv: list[str] | None = None) -> int:
         class_weights=recipe_args.class_weights,
         streaming=data_args.streaming,
         shuffle_buffer_size=data_args.shuffle_buffer_size,
+        lora_rank=model_args.lora_rank,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
     )
     if result.trainer.is_world_process_zero():
         from .evaluation import json_ready

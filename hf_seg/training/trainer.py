@@ -33,6 +33,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.utils import logging
 
 from .evaluation import evaluate_segmentation, json_ready
+from .lora import check_lora_checkpoint, lora_settings
 from .recipes import (
     Recipe,
     create_optimizer,
@@ -694,10 +695,12 @@ def write_model_card(
     eval_settings: dict | None = None,
     model_name: str | None = None,
     labels: LabelContract | None = None,
+    lora: dict | None = None,
 ) -> str:
     """A Hub model card (`README.md`) with the evaluation metrics, the classes, the recipe and the source's license.
     Only a Hub id goes into the card's `datasets:` metadata (a local path is named in the text only); the usage
-    snippet loads `model_name` (the Hub id) when given, else the folder itself."""
+    snippet loads `model_name` (the Hub id) when given, else the folder itself. `lora`: the LoRA facts of a LoRA
+    fine-tune (`hf_seg.training.lora.LoraRun.record()`), stated in the card."""
     family = model_family(model)
     license_id, license_note = FAMILY_LICENSES.get(family, ("apache-2.0", ""))
     if family == "segformer" and not pretrained_encoder:
@@ -735,6 +738,12 @@ def write_model_card(
             body.append(note)
     if pretrained_encoder:
         body.append(f"Encoder initialised from `{pretrained_encoder}`.")
+    if lora:
+        body.append(f"LoRA-fine-tuned: rank {lora['rank']} adapters (alpha {lora['alpha']:g}, dropout "
+                    f"{lora['dropout']:g}) on the encoder's {lora['adapted_layers']} attention and MLP linear layers, "
+                    f"the heads ({', '.join(f'`{name}`' for name in lora['modules_to_save'])}) trained in full, "
+                    f"{lora['trainable_parameters']:,} parameters trained in all; the adapters are merged into these "
+                    "weights, so this is a plain model (peft is not needed to load it).")
     if dataset_name:
         body.append(f"Data set: `{dataset_name}`.")
     body += ["", "## Evaluation", ""]
@@ -856,6 +865,9 @@ def train(
     class_weights: str | None = None,
     streaming: bool = False,
     shuffle_buffer_size: int = 1000,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    lora_dropout: float | None = None,
 ) -> TrainResult:
     """
     Fine-tune a segmentation model with `transformers.Trainer` and the papers' recipe, evaluate it with the papers'
@@ -898,7 +910,12 @@ def train(
             (0: the stream's order), with the same augmentations and label contract; `max_steps` is required (a
             stream has no length). Under `torchrun` / `accelerate launch` each process reads its own shards
             (accelerate's `dispatch_batches=False`), and the evaluation scores each example on one process.
+        lora_rank, lora_alpha, lora_dropout: LoRA fine-tuning (needs peft: `pip install "hf_seg[peft]"`): adapters
+            of rank `lora_rank` (scaled by `lora_alpha`, default 2 x rank; `lora_dropout` default 0) on the encoder's
+            attention and MLP linears, the decode / auxiliary heads trained in full (`hf_seg.training.lora`).
+            Checkpoints hold the adapters and heads; the saved folder is the merged plain model.
     """
+    lora = lora_settings(lora_rank, lora_alpha, lora_dropout)  # LoRA flags checked before anything loads
     if class_weights is not None:
         from .losses import CLASS_WEIGHT_METHODS
 
@@ -1052,6 +1069,14 @@ def train(
     all_callbacks = list(callbacks or [])
     if transform is not None:
         all_callbacks.append(AugmentationEpochCallback(transform, count_passes=streaming))
+    lora_run = None
+    if lora is not None:  # LoRA: the adapters and the heads train, the rest is frozen (hf_seg.training.lora)
+        from .lora import apply_lora
+
+        lora_run = apply_lora(model, lora)
+        model = lora_run.model
+        all_callbacks.append(lora_run.callback())
+        _say(lora_run.describe())
     trainer = SegmentationTrainer(
         model=model,
         args=args,
@@ -1066,6 +1091,9 @@ def train(
         loss=recipe.loss,
     )
     metrics: dict = {}
+    if lora_run is not None and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        raise ValueError("--lora-rank (lora_rank=) runs on one process or DDP: with FSDP or DeepSpeed the weights are "
+                         "sharded, and the merge of the adapters into them at the end is not supported")
     if do_train:
         if train_dataset is None:
             raise ValueError("training needs a dataset with a training split")
@@ -1092,8 +1120,11 @@ def train(
             )
         if resume_from_checkpoint:
             resume_from_checkpoint = check_checkpoint(resume_from_checkpoint, args.output_dir)
+            check_lora_checkpoint(resume_from_checkpoint, lora_run)  # a LoRA checkpoint needs the same LoRA run
         result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
         metrics.update({f"train_{k}" if not k.startswith("train_") else k: v for k, v in result.metrics.items()})
+    if lora_run is not None:  # merge-and-save: the final evaluation and the folder are the plain merged model
+        trainer.model = trainer.model_wrapped = lora_run.merge()
     if do_eval and eval_dataset is not None:
         metrics.update(trainer.evaluate(per_category=True))
     trainer.save_model(args.output_dir)  # on every process: FSDP / DeepSpeed gather the weights; rank 0 writes
@@ -1106,12 +1137,15 @@ def train(
                 saved["class_weights"] = {"method": class_weights, "split": train_split, "weights": computed_weights}
             if streaming:
                 saved["streaming"] = {"shuffle_buffer_size": shuffle_buffer_size, "seed": args.seed}
+            if lora_run is not None:
+                saved["lora"] = lora_run.record()
             json.dump(saved, handle, indent=2)
         repo_id = (args.hub_model_id or Path(args.output_dir).name) if push_to_hub else None
         write_model_card(
             args.output_dir, trainer.model if not hasattr(trainer.model, "module") else trainer.model.module,
             metrics, recipe, dataset_name or (dataset if isinstance(dataset, str) else None), preset_name,
             pretrained_encoder, args, eval_settings, model_name=repo_id or args.hub_model_id, labels=contract,
+            lora=lora_run.record() if lora_run is not None else None,
         )
         if push_to_hub:
             push_folder_to_hub(args.output_dir, repo_id, token=args.hub_token,
