@@ -187,6 +187,7 @@ def mmseg_reference(config: str, state_dict: dict):
         raise ZooError(f"mmsegmentation config {config} not found (nor under the installed mmseg's .mim/configs)")
     model_config = _plain_batch_norm(Config.fromfile(str(path)).model.to_dict())
     model_config["pretrained"] = None  # nothing is loaded from elsewhere: only the checkpoint's weights
+    model_config.pop("data_preprocessor", None)  # the input is normalised here (`fixed_pixels`), as for hf_seg
     model_config.pop("init_cfg", None)
     model_config["backbone"].pop("init_cfg", None)
     if "backbone.patch_embed.projection.bias" in state_dict and model_config["backbone"]["type"] == "VisionTransformer":
@@ -312,8 +313,10 @@ def verification_markdown(entry, record: dict) -> str:
     if record["verified"]:
         lines.append("- **Status:** verified (" + "; ".join(record["verified_by"]) + ")")
     else:
-        lines.append("- **Status:** NOT verified: " + "; ".join(record["unverified"]) + ". The conversion itself is "
-                     "checked by hf_seg's test suite on random weights (the Parity line above).")
+        checked = f" Checked: {'; '.join(record['verified_by'])}." if record["verified_by"] else ""
+        lines.append("- **Status:** NOT verified: " + "; ".join(record["unverified"]) + "." + checked
+                     + " The converters themselves are checked by hf_seg's test suite on random weights (the Parity "
+                       "line above).")
     return "\n".join(lines) + "\n"
 
 

@@ -113,12 +113,34 @@ def _mmseg_config(align_corners: bool = False) -> dict:
                          norm_cfg=dict(type="SyncBN", requires_grad=True), align_corners=align_corners,
                          loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)),
         train_cfg=dict(), test_cfg=dict(mode="whole"),
+        # as in mmseg's own configs (registered in mmseg's scope only; the script's reference leaves it out)
+        data_preprocessor=dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                               bgr_to_rgb=True, pad_val=0, seg_pad_val=255, size=(64, 64)),
     )
+
+
+def _build(config: dict):
+    return MODELS.build({key: value for key, value in config.items() if key != "data_preprocessor"})
 
 
 def _normalised(image: np.ndarray) -> torch.Tensor:
     mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
     return torch.from_numpy((image.astype(np.float32) / 255 - mean) / std).permute(2, 0, 1)[None].contiguous()
+
+
+def _spread_classes(model, generator) -> None:
+    """A random SegFormer predicts one class almost everywhere (its classifier's mean response dominates); centre
+    each class's logit on four images of `generator` (x20) so that every class is predicted somewhere, as a trained
+    model's are, and the validation set's labels (its predictions) make mIoU a real check."""
+    pixels = torch.cat([_normalised(generator.randint(0, 256, (64, 64, 3)).astype(np.uint8)) for _ in range(4)])
+    features = []
+    hook = model.decode_head.conv_seg.register_forward_hook(lambda module, args, out: features.append(args[0]))
+    with torch.no_grad():
+        model.encode_decode(pixels, [dict(img_shape=(64, 64), pad_shape=(64, 64))] * 4)
+        hook.remove()
+        weight = model.decode_head.conv_seg.weight
+        model.decode_head.conv_seg.bias.copy_(-20 * weight[:, :, 0, 0] @ features[0].mean(dim=(0, 2, 3)))
+        weight.mul_(20)
 
 
 def _sha256(path: Path) -> str:
@@ -174,7 +196,8 @@ def zoo_files(server, tmp_path_factory):
     for name, align_corners in (("tiny_segformer.py", False), ("tiny_segformer_misconfigured.py", True)):
         configs[name] = work / name
         configs[name].write_text(f"model = {_mmseg_config(align_corners)!r}\n")
-    reference = randomize_(MODELS.build(_mmseg_config()), seed=7)
+    reference = randomize_(_build(_mmseg_config()), seed=7)
+    _spread_classes(reference, np.random.RandomState(3))  # the validation images below, drawn again
     staged = work / "staged.pth"
     torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": reference.state_dict()}, staged)
     sha = _sha256(staged)
@@ -192,15 +215,17 @@ def zoo_files(server, tmp_path_factory):
 
     val = work / "val"
     generator = np.random.RandomState(3)
+    images = [generator.randint(0, 256, (64, 64, 3)).astype(np.uint8) for _ in range(4)]
     for folder in ("images/validation", "annotations/validation"):
         (val / folder).mkdir(parents=True)
     with torch.no_grad():
-        for index in range(4):
-            image = generator.randint(0, 256, (64, 64, 3)).astype(np.uint8)
-            logits = reference.encode_decode(_normalised(image), [dict(img_shape=(64, 64), pad_shape=(64, 64))])
-            Image.fromarray(image).save(val / "images/validation" / f"{index}.png")
-            Image.fromarray(logits.argmax(1)[0].numpy().astype(np.uint8)).save(
-                val / "annotations/validation" / f"{index}.png")
+        labels = [reference.encode_decode(_normalised(image), [dict(img_shape=(64, 64), pad_shape=(64, 64))])
+                  .argmax(1)[0].numpy().astype(np.uint8) for image in images]
+    for index, (image, label) in enumerate(zip(images, labels)):
+        Image.fromarray(image).save(val / "images/validation" / f"{index}.png")
+        Image.fromarray(label).save(val / "annotations/validation" / f"{index}.png")
+    counts = np.bincount(np.concatenate([label.ravel() for label in labels]), minlength=NUM_CLASSES)
+    assert (counts > 1000).all(), counts  # every class: a ~100 mIoU then needs the model's own predictions
 
     def entry(name, **fields):
         defaults = dict(preset="tiny-segformer", layout="mmseg", url=f"{base_url}/{mmseg_file}", filename=mmseg_file,
@@ -213,6 +238,7 @@ def zoo_files(server, tmp_path_factory):
         entry("tiny-segformer-mmseg"),
         entry("tiny-segformer-mmseg-misconfigured", mmseg_config=str(configs["tiny_segformer_misconfigured.py"]),
               dataset="tiny-unlabelled"),
+        entry("tiny-segformer-mmseg-other-figure", reported={"mIoU": "60"}),  # another checkpoint's figure
         entry("tiny-segformer-corrupt", url=f"{base_url}/tiny_segformer_corrupt.pth",
               filename="tiny_segformer_corrupt.pth", sha256=sha),
         entry("tiny-segformer-authors", layout="original", url="https://drive.google.com/file/d/not-fetched/view",
@@ -271,11 +297,11 @@ def published(server, zoo_files):
 
 def test_download_checksum_conversion_verification_and_push(published, zoo_files, server):
     result, output, cache = published["result"], published["output"], published["cache"]
-    assert result.returncode == 1, result.stderr[-3000:]  # three entries fail, on purpose
+    assert result.returncode == 1, result.stderr[-3000:]  # four entries fail, on purpose
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 3, result.stderr[-3000:]
-    assert "2 of 5 entries published; failed: tiny-segformer-mmseg-misconfigured, tiny-segformer-corrupt, " \
-           "tiny-segformer-existing" in result.stdout, result.stdout[-3000:]
+    assert len(errors) == 4, result.stderr[-3000:]
+    assert "2 of 6 entries published; failed: tiny-segformer-mmseg-misconfigured, tiny-segformer-mmseg-other-figure, " \
+           "tiny-segformer-corrupt, tiny-segformer-existing" in result.stdout, result.stdout[-3000:]
 
     # the interrupted download resumed where the partial file ended, and was checked before entering the cache
     mmseg_file = zoo_files["mmseg_file"]
@@ -298,6 +324,12 @@ def test_download_checksum_conversion_verification_and_push(published, zoo_files
                       r"\(tiny_segformer_misconfigured\.py\)", logits_error)
     assert found and float(found[1]) > 1e-3, logits_error
     assert "nothing written or pushed" in logits_error
+
+    # a measured mIoU far from the reported figure fails the entry, naming both
+    (figure_error,) = [line for line in errors if "tiny-segformer-mmseg-other-figure" in line]
+    found = re.search(r"verification failed, nothing written or pushed: mIoU (\S+) measured vs 60 reported "
+                      r"\(\|Δ\| (\S+) > 0\.5\)", figure_error)
+    assert found and float(found[1]) >= 99.5 and abs(float(found[2]) - (float(found[1]) - 60)) < 0.01, figure_error
 
     # an existing folder is never overwritten
     (existing_error,) = [line for line in errors if "tiny-segformer-existing" in line]
@@ -369,7 +401,7 @@ def test_update_readme_fills_the_table_between_the_markers(published):
     record = published["results"]["tiny-segformer-mmseg"]
     rows = {line.split(" | ")[0].strip("| `"): line for line in table.splitlines() if line.startswith("| `")}
     assert set(rows) == {"tiny-segformer-mmseg", "tiny-segformer-mmseg-misconfigured", "tiny-segformer-corrupt",
-                         "tiny-segformer-authors", "tiny-segformer-existing"}
+                         "tiny-segformer-mmseg-other-figure", "tiny-segformer-authors", "tiny-segformer-existing"}
     assert f"| {record['logits']['max_abs_diff']:.1e} | {record['miou']['measured']:.2f} / 100 | " \
            "[test-org/tiny-segformer-mmseg](https://huggingface.co/test-org/tiny-segformer-mmseg) |" in rows[
                "tiny-segformer-mmseg"]
@@ -377,7 +409,7 @@ def test_update_readme_fills_the_table_between_the_markers(published):
     assert "| none published | no reference | — / — | [test-org/tiny-segformer-authors]" in rows[
         "tiny-segformer-authors"] and rows["tiny-segformer-authors"].endswith("(unverified) |")
     assert rows["tiny-segformer-corrupt"].endswith("| — | — / 100 | not yet published |")
-    assert "5 entries, 4 with a published checksum; 2 published." in table
+    assert "6 entries, 5 with a published checksum; 2 published." in table
 
 
 @pytest.fixture()
