@@ -466,6 +466,38 @@ def _export(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    """`hf-seg demo`: serve the Gradio app, or with --write-space write a Hugging Face Space that runs it."""
+    from . import demo as demo_module
+
+    examples = _expand_images(args.examples) if args.examples else []
+    for path in examples:
+        _check_readable(path)
+    if args.write_space is not None:
+        try:
+            written = demo_module.write_space(args.model, args.write_space, examples=examples, title=args.title)
+        except demo_module.SpaceError as error:
+            raise CliError(str(error), EXIT_USAGE) from error
+        print(f"wrote a Hugging Face Space to {args.write_space} ({', '.join(path.name for path in written)}); "
+              f"upload it with: hf upload --repo-type space OWNER/NAME {args.write_space}")
+        return 0
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port must lie in 1..65535, got {args.port}", EXIT_USAGE)
+    try:
+        demo_module._import_gradio()
+    except ImportError as error:
+        raise CliError(demo_module.gradio_missing_message(f"{PROG} demo"), EXIT_FAILURE) from error
+    device = _device(args.device)
+    app = demo_module.build_demo(args.model, examples=examples, title=args.title, device=device,
+                                 trust_remote_code=args.trust_remote_code)
+    print(f"{PROG} demo: serving {args.model} on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr)
+    try:
+        demo_module.launch(app, host=args.host, port=args.port, share=args.share, inbrowser=args.open_browser)
+    except OSError as error:
+        raise CliError(f"cannot serve the demo on {args.host}:{args.port}: {_one_line(error)}", EXIT_FAILURE) from error
+    return 0
+
+
 @functools.lru_cache(maxsize=None)
 def _parameter_counts(name: str) -> tuple[int, int]:
     """(all parameters, those used at inference) of a preset, from a model built on the meta device without
@@ -504,7 +536,7 @@ def _list(args) -> int:
 
 def _list_and_hint(args) -> int:
     status = _list(args)
-    print(f"\ncommands: predict, export, train, evaluate, robustness, analyze, quickstart, convert, list; "
+    print(f"\ncommands: predict, export, demo, train, evaluate, robustness, analyze, quickstart, convert, list; "
           f"`{PROG} --help` explains them", file=sys.stderr)
     return status
 
@@ -555,6 +587,7 @@ examples:
   {PROG} predict --model ./my-setr photo.jpg more_photos/ --output-dir predictions --overlay
   {PROG} predict --model ./my-setr big.png --output-dir out --mode slide --crop-size 512 --stride 341
   {PROG} export --model ./my-setr --output setr.onnx --size 512 512
+  {PROG} demo --model ./my-setr                    # in the browser (pip install "hf_seg[demo]")
   {PROG} train --help
 
 exit status: 0 success, 2 something named on the command line is missing or invalid (file, model, option),
@@ -645,6 +678,30 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-check", action="store_true", help="do not compare with onnxruntime")
     export.add_argument("--atol", type=float, default=1e-3, help="largest accepted ONNX vs PyTorch logit difference")
     export.set_defaults(handler=_export)
+
+    demo = subparsers.add_parser(
+        "demo", help="segment images in the browser (a Gradio app), or write a Hugging Face Space that does",
+        description="Serve a Gradio app: upload an image or pick an example, choose whole / slide / multi-scale + "
+        "flip inference, see the overlay, the legend of the classes present with their share of the image, and "
+        "download the label map (a PNG whose pixel values are the class ids). Needs gradio: "
+        'pip install "hf_seg[demo]". With --write-space DIR, write a Hugging Face Space (app.py, requirements.txt, '
+        "README.md with the Space's metadata) into the new or empty folder DIR instead: a model folder is copied "
+        "into it, a Hub id is loaded by the Space.",
+        formatter_class=_Formatter,
+    )
+    model_arguments(demo)
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="address to serve on (0.0.0.0: every network interface of this machine)")
+    demo.add_argument("--port", type=int, default=7860, help="port to serve on")
+    demo.add_argument("--examples", nargs="+", metavar="IMAGES", help="example images (files or folders) to offer")
+    demo.add_argument("--title", help="the page's title (default: the model's name)")
+    demo.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    demo.add_argument("--share", action="store_true", help="also make a temporary public link through Gradio's "
+                      "share servers (needs the internet)")
+    demo.add_argument("--open-browser", action="store_true", help="open the page in the default browser")
+    demo.add_argument("--write-space", metavar="DIR",
+                      help="write a Hugging Face Space into DIR (new or empty) instead of serving the app")
+    demo.set_defaults(handler=_demo)
 
     listing = subparsers.add_parser("list", help="list the model presets with sizes, label sets and test protocol",
                                     description="List the model presets (names for --model and create_model).")
