@@ -490,11 +490,15 @@ def _demo(args) -> int:
     device = _device(args.device)
     app = demo_module.build_demo(args.model, examples=examples, title=args.title, device=device,
                                  trust_remote_code=args.trust_remote_code)
-    print(f"{PROG} demo: serving {args.model} on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr)
     try:
-        demo_module.launch(app, host=args.host, port=args.port, share=args.share, inbrowser=args.open_browser)
+        demo_module.launch(app, host=args.host, port=args.port, share=args.share, inbrowser=args.open_browser,
+                           quiet=True, prevent_thread_lock=True)
     except OSError as error:
-        raise CliError(f"cannot serve the demo on {args.host}:{args.port}: {_one_line(error)}", EXIT_FAILURE) from error
+        reason = "the port is in use (choose another with --port)" if "empty port" in str(error) else _one_line(error)
+        raise CliError(f"cannot serve the demo on {args.host}:{args.port}: {reason}", EXIT_FAILURE) from error
+    public = f", public link {app.share_url}" if app.share_url else ""
+    print(f"{PROG} demo: {args.model} on {app.local_url}{public} (Ctrl+C stops it)", file=sys.stderr)
+    app.block_thread()  # until Ctrl+C, then Gradio closes the server
     return 0
 
 
