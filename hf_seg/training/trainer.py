@@ -118,6 +118,21 @@ class AugmentationEpochCallback(TrainerCallback):
             self.transform.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
 
 
+def _without_fsdp2_input_embedding_unit(model) -> None:
+    """accelerate's FSDP2 preparation (`fsdp2_prepare_model`) gives a language model's token embedding its own FSDP
+    unit and calls `model.get_input_embeddings()` to find it; transformers raises `NotImplementedError` for models
+    that have none (Segformer, SETR, UperNet-MPViT), which stops FSDP2 before training. Such a model gets an instance
+    attribute answering None (no embedding unit; the auto-wrap policy's units and the root are unchanged)."""
+    try:
+        model.get_input_embeddings()
+    except NotImplementedError:
+        model.get_input_embeddings = _no_input_embeddings
+
+
+def _no_input_embeddings():
+    return None
+
+
 class NonFiniteTrainingError(RuntimeError):
     """The loss or the weights became NaN / inf: training stops and no weights are saved from then on."""
 
@@ -155,6 +170,8 @@ class SegmentationTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.recipe = recipe
         self.eval_settings = dict(eval_settings or {})
+        if self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 2:
+            _without_fsdp2_input_embedding_unit(self.model)  # FSDP2 of accelerate 1.x needs it for vision models
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The configured per-head losses (`loss=`) on the heads' logits, else `Trainer`'s (the model's own loss).
@@ -186,16 +203,34 @@ class SegmentationTrainer(Trainer):
     def _refuse_non_finite_weights(self, what: str) -> None:
         if not self.stop_on_non_finite:
             return
-        for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise NonFiniteTrainingError(
-                    f"step {self.state.global_step}: {name} holds NaN / inf values; {what} is not saved "
-                    f"({self._last_checkpoint_note()}). --allow_non_finite keeps transformers' behaviour."
-                )
+        bad = None
+        with torch.no_grad():  # DeepSpeed ZeRO-3's partitioned parameters refuse isfinite under autograd
+            for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
+                tensor = getattr(tensor, "ds_tensor", tensor)  # ZeRO-3: this process's partition (FSDP2: DTensors)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad = name
+                    break
+            if self.is_deepspeed_enabled and self.args.world_size > 1:  # ZeRO-3: every process decides the same
+                flag = self.accelerator.reduce(torch.tensor(float(bad is not None), device=self.args.device), "sum")
+                bad = bad or ("a parameter partition of another process (DeepSpeed)" if flag.item() > 0 else None)
+        if bad is not None:
+            raise NonFiniteTrainingError(
+                f"step {self.state.global_step}: {bad} holds NaN / inf values; {what} is not saved "
+                f"({self._last_checkpoint_note()}). --allow_non_finite keeps transformers' behaviour."
+            )
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """`Trainer.save_model` (also what every checkpoint calls), refusing weights that hold NaN / inf."""
         self._refuse_non_finite_weights(output_dir or self.args.output_dir)
+        if self.is_fsdp_enabled and not _internal_call and "FULL_STATE_DICT" not in str(
+                self.accelerator.state.fsdp_plugin.state_dict_type):
+            # FSDP with SHARDED_STATE_DICT (`accelerate config`'s default for FSDP2): `Trainer.save_model` writes
+            # nothing, checkpoints keep their sharded files (for resuming); the model folder gets the full, unsharded
+            # weights, gathered on every process (rank 0 writes), so that it loads with `from_pretrained`
+            self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+            if self.args.push_to_hub:
+                self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+            return
         super().save_model(output_dir, _internal_call)
 
     def create_optimizer(self, model=None):
