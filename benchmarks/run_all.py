@@ -196,16 +196,19 @@ def main() -> None:
             command = [sys.executable, str(HERE / script), *(quick if args.quick else full), "--json", str(json_path)]
             if args.threads:
                 command += ["--threads", str(args.threads)]
-            print(f"== {name}: {' '.join(command[1:])}", flush=True)
+            # as the user would type it (no machine paths in results.json)
+            at = command.index("--json")
+            shown = ["python", f"benchmarks/{script}", *command[2:at], *command[at + 2:]]
+            print(f"== {name}: {' '.join(shown)}", flush=True)
             start = time.perf_counter()
             completed = subprocess.run(command, cwd=HERE.parent, text=True)
             seconds = time.perf_counter() - start
             if completed.returncode != 0 or not json_path.exists():
                 print(f"== {name} FAILED (exit {completed.returncode}); its row is left out", flush=True)
-                runs[name] = dict(command=command[1:], seconds=seconds, exit_code=completed.returncode)
+                runs[name] = dict(command=shown, seconds=seconds, exit_code=completed.returncode)
                 continue
             result = json.loads(json_path.read_text())
-            runs[name] = dict(command=command[1:], seconds=seconds, exit_code=0, result=result)
+            runs[name] = dict(command=shown, seconds=seconds, exit_code=0, result=result)
             rows += to_rows(result)
 
     import torch
